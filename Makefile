@@ -1,0 +1,50 @@
+# The front door: every target installs what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CLI    := $(VENV)/bin/mof-cli
+STAMP  := $(VENV)/.install-stamp
+
+# Demo and reproduction knobs (override on the command line: make demo DEMO_DIR=/tmp/d).
+DEMO_DIR  ?= demo
+DATASET   ?= synthetic
+MODEL     ?= frozen-tiny
+SEEDS     ?= 3
+
+.PHONY: help install test test-slow test-gpu lint demo bench reproduce-table4 clean
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## build .venv with the pinned stack and mof installed in editable mode
+
+$(STAMP): requirements.txt requirements-dev.txt setup.cfg
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: $(STAMP)  ## the test suite (CPU, no network; slow and gpu markers excluded)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)  ## the slow suite
+	$(PY) -m pytest -q -m slow
+
+test-gpu: $(STAMP)  ## GPU tests (needs CUDA; DALI from `pip install .[gpu]`)
+	$(PY) -m pytest -q -m gpu
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check .
+
+demo: $(STAMP)  ## the main job end to end on the embedded synthetic dataset
+	$(CLI) synth --out $(DEMO_DIR)/data
+	$(CLI) shard --dataset synthetic --root $(DEMO_DIR)/data --split train --out $(DEMO_DIR)/shards/train --size 64 --frames 16
+	$(CLI) shard --dataset synthetic --root $(DEMO_DIR)/data --split test --out $(DEMO_DIR)/shards/test --size 64 --frames 16
+	$(CLI) inspect $(DEMO_DIR)/shards/train --sheet $(DEMO_DIR)/contact_sheet.png
+
+bench: $(STAMP)  ## benchmarks (print tables)
+	$(PY) benchmarks/bench_shard.py
+
+clean:  ## remove generated outputs (not the venv)
+	rm -rf $(DEMO_DIR) results/table4.* runs shards
