@@ -230,7 +230,7 @@ def _summary(
         out[f"R@{k}"] = float(100.0 * weights[hit].sum() / total)
     out["MedR"] = _weighted_median(ranks, weights, lower_median)
     out["MeanR"] = float((ranks * weights).sum() / total)
-    out["count"] = int(len(ranks))
+    out["count"] = len(ranks)
     return out
 
 

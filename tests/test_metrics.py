@@ -12,7 +12,6 @@ import torch
 
 from mof.metrics import CONVENTIONS, compare_conventions, count_ranks, retrieval_metrics
 
-
 # --- brute-force references ---------------------------------------------------------------
 
 def _summary(ranks, lower_median=False, frozen_recall=False) -> dict:
