@@ -142,6 +142,9 @@ def index_video(
                 packets.append(packet)
     except av.error.FFmpegError as exc:
         log.debug("demux stopped after %d packets: %s", len(packets), exc)
+    # A file cut short ends in a partial packet the demuxer flags corrupt: not a frame.
+    while packets and packets[-1].is_corrupt:
+        packets.pop()
     if not packets:
         raise DecodeError("video stream has no frames")
     # Packets flagged "discard" (edit-list pre-roll) are decoded as references but never shown.
