@@ -1,0 +1,262 @@
+"""Stream shard samples for training and evaluation.
+
+:class:`ShardDataset` is a torch ``IterableDataset`` over the tar shards written by
+``mof-cli shard``. Its stages are small generators (tar members → samples → decoded samples →
+shuffle buffer), and its work is split at shard granularity, first by rank, then by DataLoader
+worker:
+
+- The shard list is put in a ``(seed, epoch)`` order (kept as given when ``shuffle == 0``), the same on
+  every rank; rank ``r`` of ``W`` takes shards ``r, r + W, ...`` and worker ``w`` of ``K`` takes
+  every ``K``-th of those. The parts are disjoint and together cover every shard once.
+- Fewer shards than ranks is an error (a rank with no data would hang a DDP job). Fewer shards
+  than ``ranks x workers`` leaves some workers idle: every sample is still read exactly once,
+  just with less parallelism, and a warning says so.
+- With ``shuffle = n > 0`` samples also pass a buffer of ``n`` samples seeded by
+  ``(seed, epoch, rank, worker)``, so an epoch's order is reproducible for a given
+  ``(seed, epoch, world_size, num_workers)``. Call :meth:`ShardDataset.set_epoch` before each
+  epoch (with ``persistent_workers=False``, the default, the workers see the new epoch).
+
+Loading is where errors raise: a truncated tar, a sample missing a member, or an array of the
+wrong type raises :class:`ShardReadError` naming the shard and the key.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import random
+import tarfile
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.index import read_index
+from pipeline.records import ShardSample
+
+__all__ = ["ShardDataset", "ShardReadError", "iter_shard", "resolve_shards", "shards_for_worker"]
+
+
+class ShardReadError(RuntimeError):
+    """A shard or one of its samples cannot be read; the message names shard and key."""
+
+
+def resolve_shards(source: str | Path | Iterable[str | Path]) -> list[str]:
+    """Turn a shard source into a list of tar paths.
+
+    Args:
+        source: a shard directory (its ``index.json`` lists the shards in order), an
+            ``index.json`` file, a brace pattern (``dir/msrvtt-train-{000000..000009}.tar``),
+            a glob pattern, one ``.tar`` file, or a list of any of these.
+
+    Returns:
+        Shard paths, in index (or expansion) order.
+
+    Raises:
+        FileNotFoundError: a directory without ``index.json`` (an unfinished run) or a named
+            shard that does not exist.
+    """
+    if not isinstance(source, (str, Path)):
+        return [p for item in source for p in resolve_shards(item)]
+    text = str(source)
+    path = Path(text)
+    if path.is_dir() or path.name == "index.json":
+        directory = path if path.is_dir() else path.parent
+        paths = [str(directory / s["name"]) for s in read_index(path)["shards"]]
+    elif "{" in text:
+        from braceexpand import braceexpand
+
+        paths = list(braceexpand(text))
+    elif glob.has_magic(text):
+        paths = sorted(glob.glob(text))
+        if not paths:
+            raise FileNotFoundError(f"no shard matches {text!r}")
+    else:
+        paths = [text]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shard(s) not found, e.g. {missing[:3]}")
+    return paths
+
+
+def iter_members(shard: str) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(member name, bytes)`` of a tar, streaming; raise naming the shard on damage."""
+    last = "<start of file>"
+    try:
+        with tarfile.open(shard, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                handle = tar.extractfile(member)
+                data = handle.read() if handle is not None else b""
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"member {member.name} is truncated")
+                last = member.name
+                yield member.name, data
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ShardReadError(f"{shard}: corrupt or truncated tar after member {last!r} ({exc})") from exc
+
+
+def group_samples(members: Iterable[tuple[str, bytes]], shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group consecutive members by key (the base name up to its first dot), as WebDataset does."""
+    key: str | None = None
+    fields: dict[str, bytes] = {}
+    for name, data in members:
+        base = name.rsplit("/", 1)[-1]
+        if "." not in base:
+            raise ShardReadError(f"{shard}: member {name!r} has no extension")
+        member_key, ext = base.split(".", 1)
+        if member_key != key:
+            if key is not None:
+                yield key, fields
+            key, fields = member_key, {}
+        if ext in fields:
+            raise ShardReadError(f"{shard}: sample {key!r} has two {ext!r} members")
+        fields[ext] = data
+    if key is not None:
+        yield key, fields
+
+
+def decode_sample(shard: str, key: str, fields: dict[str, bytes], decode: bool = True) -> ShardSample:
+    """Turn a sample's members into a :class:`ShardSample`.
+
+    With ``decode=False`` ``frames`` stays the raw ``.npy`` bytes (the json is still parsed).
+
+    Raises:
+        ShardReadError: a member is missing or does not hold uint8 ``(R, S, S, 3)`` frames and a
+            json object, naming shard and key.
+    """
+    missing = {"frames.npy", "json"} - set(fields)
+    if missing:
+        raise ShardReadError(f"{shard}: sample {key!r} lacks {sorted(missing)}")
+    try:
+        meta = json.loads(fields["json"])
+        frames: Any = fields["frames.npy"]
+        if decode:
+            frames = np.lib.format.read_array(io.BytesIO(frames), allow_pickle=False)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise ShardReadError(f"{shard}: sample {key!r} cannot be decoded ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ShardReadError(f"{shard}: sample {key!r} json is not an object")
+    if decode and (frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3):
+        raise ShardReadError(
+            f"{shard}: sample {key!r} frames are {frames.dtype} {frames.shape}, "
+            "expected uint8 (R, S, S, 3)"
+        )
+    return ShardSample(key=key, frames=frames, meta=meta)
+
+
+def iter_shard(shard: str, decode: bool = True) -> Iterator[ShardSample]:
+    """Every sample of one shard, in file order."""
+    for key, fields in group_samples(iter_members(shard), shard):
+        yield decode_sample(shard, key, fields, decode)
+
+
+def shuffle_buffer(samples: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """Shuffle a stream through a buffer of ``size`` items (each item is yielded once)."""
+    buffer: list[Any] = []
+    for item in samples:
+        buffer.append(item)
+        if len(buffer) >= size:
+            j = rng.randrange(len(buffer))
+            buffer[j], buffer[-1] = buffer[-1], buffer[j]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def shards_for_worker(
+    shards: list[str], rank: int, world_size: int, worker: int, num_workers: int
+) -> list[str]:
+    """The shards read by DataLoader ``worker`` of ``num_workers`` on ``rank`` of ``world_size``."""
+    return shards[rank::world_size][worker::num_workers]
+
+
+def _distributed() -> tuple[int, int]:
+    """``(rank, world_size)`` from torch.distributed, else ``$RANK``/``$WORLD_SIZE``, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class ShardDataset(torch.utils.data.IterableDataset):
+    """Stream :class:`~pipeline.records.ShardSample` dicts from tar shards.
+
+    Each sample is ``{"key": str, "frames": uint8 (R, S, S, 3), "meta": dict}``.
+
+    Args:
+        shards: anything :func:`resolve_shards` accepts.
+        shuffle: shuffle-buffer size in samples; 0 keeps file order (and sorted shards).
+        seed: base seed of the shard order and the buffer.
+        rank: this process's rank; default from torch.distributed or ``$RANK``.
+        world_size: number of ranks; default from torch.distributed or ``$WORLD_SIZE``.
+        decode: decode ``frames.npy`` into arrays (``False`` yields its raw bytes).
+    """
+
+    def __init__(
+        self,
+        shards: str | Path | Iterable[str | Path],
+        *,
+        shuffle: int = 0,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        decode: bool = True,
+    ) -> None:
+        super().__init__()
+        if shuffle < 0:
+            raise ValueError(f"shuffle is a buffer size and must be >= 0, got {shuffle}")
+        self.shards = resolve_shards(shards)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.decode = decode
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shard and sample order the next iteration follows."""
+        self.epoch = epoch
+
+    def _rank_world(self) -> tuple[int, int]:
+        rank, world = _distributed()
+        rank = rank if self.rank is None else self.rank
+        world = world if self.world_size is None else self.world_size
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside world_size {world}")
+        return rank, world
+
+    def epoch_shards(self) -> list[str]:
+        """All shards in this epoch's order (identical on every rank)."""
+        shards = list(self.shards)
+        if self.shuffle:
+            random.Random(f"{self.seed}/{self.epoch}/shards").shuffle(shards)
+        return shards
+
+    def __iter__(self) -> Iterator[ShardSample]:
+        rank, world = self._rank_world()
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if len(self.shards) < world:
+            raise ValueError(
+                f"{len(self.shards)} shards cannot feed {world} ranks (a rank without data hangs "
+                "a DDP job); write more, smaller shards (mof-cli shard --shard-size)"
+            )
+        mine = shards_for_worker(self.epoch_shards(), rank, world, worker, num_workers)
+        if not mine:
+            warnings.warn(
+                f"rank {rank} worker {worker}: no shard to read ({len(self.shards)} shards for "
+                f"{world} ranks x {num_workers} workers); this worker stays idle",
+                stacklevel=2,
+            )
+            return
+        samples: Iterator[ShardSample] = (s for shard in mine for s in iter_shard(shard, self.decode))
+        if self.shuffle:
+            rng = random.Random(f"{self.seed}/{self.epoch}/{rank}/{worker}")
+            samples = shuffle_buffer(samples, self.shuffle, rng)
+        yield from samples

@@ -1,0 +1,312 @@
+"""``mof-cli shard``: decode every video of a split into WebDataset shards, resumably.
+
+The run is a deterministic plan (records sorted by video id, video ``k`` in shard
+``k // shard_size``; on ``N`` nodes, node ``r`` owns the shards whose number is ``r`` modulo
+``N``). Workers write whole shards, each committed atomically, so a run killed at any moment
+resumes by writing exactly the shards that are missing. ``index.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+from pipeline.index import (
+    INDEX_NAME,
+    RUN_CONFIG_NAME,
+    atomic_write_json,
+    build_index,
+    config_differences,
+    errors_sidecar,
+    merge_indexes,
+    partial_index_name,
+    write_errors,
+)
+from pipeline.records import SHARD_FORMAT_VERSION
+from pipeline.shard_worker import (
+    ShardResult,
+    ShardTask,
+    WorkerSettings,
+    init_worker,
+    make_plan,
+    run_in_worker,
+    write_one_shard,
+)
+
+__all__ = ["BACKENDS", "ShardConfig", "ShardConfigMismatch", "ShardSummary", "write_shards"]
+
+BACKENDS = ("auto", "ffmpeg", "dali")
+
+
+class ShardConfigMismatch(RuntimeError):
+    """``--out`` already holds shards of a run with different content settings."""
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+@dataclass
+class ShardConfig:
+    """Settings of one ``mof-cli shard`` run.
+
+    Attributes:
+        dataset: manifest name (e.g. ``synthetic``, ``msrvtt``); also the shard name prefix.
+        root: dataset root directory; video paths are relative to it.
+        split: ``train``, ``val`` or ``test``.
+        out: output directory for shards, ``index.json`` and ``errors.jsonl``.
+        frames: R, frames stored per video (segment midpoints, see DESIGN.md "Sampling").
+        size: S, frames are resized (short side) and centre-cropped to ``S x S`` pixels.
+        backend: ``auto``, ``ffmpeg`` or ``dali``; ``auto`` is resolved once, up front.
+        workers: decoding processes; each writes whole shards.
+        shard_size: videos per shard.
+        strict: report failure (non-zero exit) when any video could not be written.
+        num_nodes: machines splitting the plan; default: ``$WORLD_SIZE`` or 1.
+        node_rank: this machine's rank; default: ``$RANK`` or 0.
+    """
+
+    dataset: str
+    root: str
+    split: str
+    out: str
+    frames: int = 32
+    size: int = 256
+    backend: str = "auto"
+    workers: int = 1
+    shard_size: int = 64
+    strict: bool = False
+    num_nodes: int | None = None
+    node_rank: int | None = None
+
+    def __post_init__(self) -> None:
+        # torchrun sets WORLD_SIZE/RANK: each launched process is one "node" of the plan.
+        if self.num_nodes is None:
+            self.num_nodes = _env_int("WORLD_SIZE") or 1
+        if self.node_rank is None:
+            self.node_rank = _env_int("RANK") or 0
+        problems = []
+        for name in ("dataset", "split", "out"):
+            if not getattr(self, name):
+                problems.append(f"--{name} is required")
+        if not self.root:
+            problems.append("--root is required")
+        elif not Path(self.root).is_dir():
+            problems.append(f"--root {self.root!r} is not a directory")
+        for name, low in (("frames", 1), ("size", 8), ("workers", 1), ("shard_size", 1), ("num_nodes", 1)):
+            if getattr(self, name) < low:
+                problems.append(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        if self.backend not in BACKENDS:
+            problems.append(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if not 0 <= self.node_rank < max(self.num_nodes, 1):
+            problems.append(f"--node-rank must be in [0, {self.num_nodes}), got {self.node_rank}")
+        if problems:
+            raise ValueError("invalid shard config:\n  " + "\n  ".join(problems))
+
+
+@dataclass
+class ShardSummary:
+    """What a run did. ``skipped`` counts videos of shards that were already complete."""
+
+    out: str
+    videos: int = 0
+    written: int = 0
+    skipped: int = 0
+    failed: int = 0
+    shards_written: int = 0
+    shards_total: int = 0
+    bytes: int = 0
+    wall_s: float = 0.0
+    errors_total: int = 0
+    nothing_to_do: bool = False
+    index: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        """A human-readable summary for the end of the command."""
+        if self.nothing_to_do:
+            head = f"nothing to do: all {self.shards_total} shards in {self.out} are complete"
+        else:
+            rate = self.written / self.wall_s if self.wall_s > 0 else 0.0
+            head = (
+                f"videos: {self.written} written, {self.skipped} skipped (already sharded), "
+                f"{self.failed} failed | shards: {self.shards_written} written, "
+                f"{self.shards_total} in plan | {self.bytes / 1e6:.1f} MB | "
+                f"{self.wall_s:.1f} s ({rate:.2f} videos/s)"
+            )
+        lines = [head] + self.notes
+        if self.errors_total:
+            lines.append(f"{self.errors_total} videos could not be sharded: see {self.out}/errors.jsonl")
+        return "\n".join(lines)
+
+
+def _resolved_config(config: ShardConfig, backend: str, plan: list[ShardTask]) -> dict[str, Any]:
+    """The config saved beside the shards: options, resolved backend and the plan's identity."""
+    ids = "\n".join(r.video_id for task in plan for r in task.records)
+    resolved = asdict(config)
+    resolved.update(
+        root=str(Path(config.root).resolve()),
+        out=str(Path(config.out).resolve()),
+        backend=backend,
+        format_version=SHARD_FORMAT_VERSION,
+        num_videos=sum(len(t.records) for t in plan),
+        num_shards=len(plan),
+        videos_sha1=hashlib.sha1(ids.encode()).hexdigest(),
+    )
+    return resolved
+
+
+def _prepare_out(out: Path, resolved: dict[str, Any], own: list[ShardTask], single: bool) -> None:
+    """Create ``out``, sweep stale temporaries and check or save the run config.
+
+    Raises:
+        ShardConfigMismatch: ``out`` holds shards of a run with other content settings.
+    """
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    # On a shared directory other nodes may be mid-write: sweep only what this node owns.
+    owned = {f"{t.name}.tmp" for t in own}
+    for tmp in out.glob("*.tmp"):
+        if single or tmp.name in owned:
+            tmp.unlink(missing_ok=True)
+    saved_path = out / RUN_CONFIG_NAME
+    if saved_path.exists():
+        diffs = config_differences(json.loads(saved_path.read_text()), resolved)
+        if diffs:
+            raise ShardConfigMismatch(
+                f"{out} holds shards of a different run; use another --out or delete it:\n  "
+                + "\n  ".join(diffs)
+            )
+    elif any(out.glob("*.tar")):
+        raise ShardConfigMismatch(f"{out} holds *.tar files but no {RUN_CONFIG_NAME}; use another --out")
+    else:
+        atomic_write_json(saved_path, resolved)
+
+
+def _run_tasks(todo: list[ShardTask], settings: WorkerSettings, workers: int, progress: bool) -> list[ShardResult]:
+    """Write the shards of ``todo`` with ``workers`` processes under one progress bar."""
+    from tqdm import tqdm
+
+    total = sum(len(t.records) for t in todo)
+    bar = tqdm(total=total, unit="video", desc="shard", disable=not progress or total == 0, smoothing=0.1)
+    failed = 0
+
+    def tick(error: bool) -> None:
+        nonlocal failed
+        failed += int(error)
+        bar.update(1)
+        if error:
+            bar.set_postfix(failed=failed, refresh=False)
+
+    results: list[ShardResult] = []
+    try:
+        if workers == 1 or len(todo) <= 1:
+            results = [write_one_shard(task, settings, on_video=tick) for task in todo]
+            return results
+        # spawn, not fork: a decoder library (or DALI's CUDA context) must not be forked.
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(todo)),
+            mp_context=ctx,
+            initializer=init_worker,
+            initargs=(queue, os.getpid()),
+        ) as pool:
+            pending = {pool.submit(run_in_worker, task, settings) for task in todo}
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(queue, tick)
+                results += [f.result() for f in done]
+            _drain(queue, tick)
+    finally:
+        bar.close()
+    return results
+
+
+def _drain(queue: Any, tick: Any) -> None:
+    while True:
+        try:
+            tick(queue.get_nowait())
+        except Empty:
+            return
+
+
+def _finish(out: Path, config: ShardConfig, resolved: dict[str, Any], plan: list[ShardTask],
+            own: list[ShardTask]) -> tuple[str | None, list[str]]:
+    """Write ``errors.jsonl`` and ``index.json`` (or this node's partial index); join partials."""
+    notes: list[str] = []
+    if config.num_nodes == 1:
+        names = [t.name for t in plan]
+        write_errors(out, names)
+        atomic_write_json(out / INDEX_NAME, build_index(out, names, resolved))
+        return str(out / INDEX_NAME), notes
+    node = {"rank": config.node_rank, "num_nodes": config.num_nodes}
+    partial = out / partial_index_name(config.node_rank, config.num_nodes)
+    atomic_write_json(partial, build_index(out, [t.name for t in own], resolved, node=node))
+    if all((out / t.name).exists() for t in plan):
+        merge_indexes(out)
+        return str(out / INDEX_NAME), notes
+    notes.append(
+        f"node {config.node_rank} of {config.num_nodes} done ({partial.name}); run "
+        f"`mof-cli shard --merge-index {out}` once every node has finished"
+    )
+    return str(partial), notes
+
+
+def write_shards(config: ShardConfig, progress: bool = True) -> ShardSummary:
+    """Shard one split of a dataset into ``config.out`` (resuming a previous run there).
+
+    Args:
+        config: the run's settings.
+        progress: show a tqdm bar (videos/s).
+
+    Returns:
+        The run's summary. Videos that could not be read or decoded are counted in
+        ``failed`` and recorded in ``errors.jsonl``; they never stop the run.
+
+    Raises:
+        pipeline.manifests.ManifestError: the manifest cannot be read.
+        ShardConfigMismatch: ``config.out`` holds a different run's shards.
+    """
+    from pipeline.decode import resolve_backend
+    from pipeline.manifests import load_records
+
+    start = time.perf_counter()
+    out = Path(config.out)
+    backend = resolve_backend(config.backend)
+    plan = make_plan(load_records(config.dataset, config.root, config.split), config.dataset,
+                     config.split, config.shard_size)
+    own = [t for t in plan if t.index % config.num_nodes == config.node_rank]
+    resolved = _resolved_config(config, backend, plan)
+    _prepare_out(out, resolved, own, single=config.num_nodes == 1)
+
+    todo = [t for t in own if not (out / t.name).exists()]
+    summary = ShardSummary(out=str(out), videos=sum(len(t.records) for t in own), shards_total=len(plan))
+    summary.skipped = summary.videos - sum(len(t.records) for t in todo)
+    finished_index = out / (INDEX_NAME if config.num_nodes == 1 else
+                            partial_index_name(config.node_rank, config.num_nodes))
+    if not todo and finished_index.exists():
+        summary.nothing_to_do = True
+    else:
+        settings = WorkerSettings(config.dataset, config.split, str(Path(config.root)), str(out),
+                                  config.frames, config.size, backend)
+        results = _run_tasks(todo, settings, config.workers, progress)
+        summary.written = sum(r.samples for r in results)
+        summary.failed = sum(r.errors for r in results)
+        summary.shards_written = len(results)
+        summary.bytes = sum((out / r.name).stat().st_size for r in results)
+        summary.index, summary.notes = _finish(out, config, resolved, plan, own)
+    summary.errors_total = sum(
+        len((out / errors_sidecar(t.name)).read_text().splitlines())
+        for t in own if (out / errors_sidecar(t.name)).exists()
+    )
+    summary.wall_s = time.perf_counter() - start
+    return summary
