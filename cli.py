@@ -21,6 +21,66 @@ def main() -> None:
 # --- shard / inspect -----------------------------------------------------------------------
 
 
+@main.command()
+@click.option("--dataset", help="Manifest name (e.g. synthetic, msrvtt); also the shard name prefix.")
+@click.option("--root", type=click.Path(file_okay=False), help="Dataset root; video paths are relative to it.")
+@click.option("--split", help="Split to shard: train, val or test.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory (resumed if it exists).")
+@click.option("--frames", default=32, show_default=True, help="R: frames stored per video.")
+@click.option("--size", default=256, show_default=True, help="S: frames are S x S pixels (short side, centre crop).")
+@click.option("--backend", type=click.Choice(["auto", "ffmpeg", "dali"]), default="auto", show_default=True,
+              help="Decoder: dali needs a CUDA GPU; auto picks dali when usable, else ffmpeg.")
+@click.option("--workers", default=1, show_default=True, help="Decoding processes (each writes whole shards).")
+@click.option("--shard-size", default=64, show_default=True, help="Videos per shard.")
+@click.option("--strict", is_flag=True, help="Exit non-zero (after finishing) if any video failed.")
+@click.option("--num-nodes", type=int, help="Machines splitting the plan [default: $WORLD_SIZE or 1].")
+@click.option("--node-rank", type=int, help="This machine's rank [default: $RANK or 0].")
+@click.option("--merge-index", type=click.Path(file_okay=False, exists=True), metavar="OUT",
+              help="Instead of sharding: join the partial indexes of a multi-node run in OUT.")
+def shard(merge_index: str | None, **options: object) -> None:
+    """Decode every video of a split into R frames and write WebDataset shards + index.json."""
+    from pipeline.index import ShardIndexError, merge_indexes
+    from pipeline.shard import ShardConfig, ShardConfigMismatch, write_shards
+
+    try:
+        if merge_index:
+            totals = merge_indexes(merge_index)["totals"]
+            click.echo(f"merged {merge_index}/index.json: {totals['shards']} shards, {totals['samples']} samples")
+            return
+        config = ShardConfig(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except ShardIndexError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        summary = write_shards(config)
+    except (ValueError, ShardConfigMismatch, ShardIndexError) as exc:  # ManifestError is a ValueError
+        raise click.ClickException(str(exc)) from exc
+    click.echo(summary.format())
+    if config.strict and summary.errors_total:
+        raise click.ClickException(f"--strict: {summary.errors_total} videos could not be sharded")
+
+
+@main.command()
+@click.argument("shards", nargs=-1, required=True)
+@click.option("--sheet", type=click.Path(dir_okay=False), help="Write a contact-sheet PNG here.")
+@click.option("--samples", default=8, show_default=True, help="Rows (samples) of the contact sheet.")
+@click.option("--max-frames", default=8, show_default=True, help="Frames per row at most (evenly spaced).")
+def inspect(shards: tuple[str, ...], sheet: str | None, samples: int, max_frames: int) -> None:
+    """Count what SHARDS hold (a shard directory, patterns or files) and draw a contact sheet."""
+    from pipeline.contact_sheet import InspectConfig, inspect_shards
+
+    try:
+        config = InspectConfig(list(shards), sheet=sheet, samples=samples, max_frames=max_frames)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        report = inspect_shards(config)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(report.format())
+
+
 # --- eval ----------------------------------------------------------------------------------
 
 
