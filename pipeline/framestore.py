@@ -30,11 +30,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import zarr
 import zarr.codecs
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are never evaluated here
+    from typing import Self
 
 __all__ = [
     "EXPECTABLE",
@@ -320,7 +323,7 @@ class FrameStore:
                 + "\nStart a new run directory, or delete the store to rebuild it."
             )
 
-    def __enter__(self) -> FrameStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -390,14 +393,18 @@ class FrameStore:
             ValueError: a row was never initialised (unless ``allow_uninitialised``).
         """
         rows = _as_rows(rows, self.num_videos)
-        step = np.asarray(self._arrays["step"].oindex[rows], dtype=np.int64)
+        # Row by row with basic indexing: several times faster than oindex in zarr 3.1.
+        step = np.asarray([self._arrays["step"][r] for r in rows], dtype=np.int64)
         if not allow_uninitialised and (step < 0).any():
             bad = rows[step < 0]
             ids = [self.video_ids[i] for i in bad[:10]]
             raise ValueError(f"frame store {self.path}: rows {bad.tolist()[:10]} (videos {ids}) "
                              "were never initialised")
-        state = {name: np.asarray(self._arrays[name].oindex[rows], dtype=np.float32)
-                 for name in _STATE_ARRAYS}
+        shape = (len(rows), *self._arrays["frames"].shape[1:])
+        state = {name: np.empty(shape, dtype=np.float32) for name in _STATE_ARRAYS}
+        for name in _STATE_ARRAYS:
+            for j, row in enumerate(rows):
+                state[name][j] = self._arrays[name][row]
         return FrameRows(step=step, **state)
 
     def write(self, rows: Sequence[int] | np.ndarray, data: FrameRows) -> None:
@@ -416,8 +423,9 @@ class FrameStore:
         if data.frames.shape != expected:
             raise ValueError(f"frames of shape {data.frames.shape} do not fit rows of this "
                              f"store: expected {expected}")
-        cast = {name: np.asarray(getattr(data, name), dtype=self._arrays[name].dtype)
-                for name in _STATE_ARRAYS}
+        with np.errstate(over="ignore"):  # overflow to inf in float16 is reported below
+            cast = {name: np.asarray(getattr(data, name), dtype=self._arrays[name].dtype)
+                    for name in _STATE_ARRAYS}
         finite = np.isfinite(cast["frames"].reshape(len(rows), -1)).all(axis=1)
         if not finite.all():
             raise ValueError(f"non-finite frames (NaN/inf after casting to "
