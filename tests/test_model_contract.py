@@ -1,0 +1,146 @@
+"""The contract every registered ``*-tiny`` model keeps (timm-style registry-wide tests)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from mof.models import create_model, list_models
+from mof.models.io import load_model, save_model
+from mof.models.tokenizer import WordTokenizer
+
+TINY = list_models("*-tiny")
+CAPTIONS = ["a man is cooking pasta in a kitchen", "a dog runs across the park",
+            "two people are dancing on a stage", "a car drives along a wet road"]
+
+
+def _loss(model, logits: torch.Tensor) -> torch.Tensor:
+    target = torch.arange(logits.shape[0])
+    pair = F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
+    return pair if model.loss_reduction == "sum" else pair / 2
+
+
+@pytest.fixture(params=TINY)
+def model(request):
+    torch.manual_seed(0)
+    tok = WordTokenizer.build(CAPTIONS, max_words=12)
+    return create_model(request.param, tokenizer=tok).eval()
+
+
+def _batch(model, batch: int = 3, frames: int = 4, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    size = model.contract.frame_size
+    video = torch.randn(batch, frames, 3, size, size, generator=gen)
+    text = model.tokenize(CAPTIONS[:batch])
+    return video, text["input_ids"], text["attention_mask"]
+
+
+def test_registry_has_tiny_models():
+    assert "frozen-tiny" in TINY
+
+
+def test_shapes_and_finite(model):
+    video, ids, mask = _batch(model)
+    assert ids.dtype == torch.long and ids.shape == mask.shape and ids.shape[0] == 3
+    assert ids.shape[1] <= model.contract.max_words
+    v, t = model.encode_video(video), model.encode_text(ids, mask)
+    assert v.shape[0] == 3 and t.shape[0] == 3 and v.shape[1] == t.shape[1]
+    logits = model(video, ids, mask)
+    assert logits.shape == (3, 3)
+    assert torch.isfinite(logits).all()
+    sim = model.similarity(t, v)
+    assert sim.shape == (3, 3) and sim.abs().max() <= 1 + 1e-5
+    assert model.loss_reduction in ("sum", "mean")
+
+
+def test_spec_rebuilds_same_architecture(model):
+    spec = json.loads(json.dumps(model.spec))
+    rebuilt = create_model(**spec, tokenizer=model.tokenizer)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+    assert rebuilt.contract == model.contract
+
+
+def test_every_parameter_gets_a_gradient(model):
+    # Perturb first: zero-initialised parts (Frozen's time attention) have exactly zero
+    # gradients at init by design, and a disconnected parameter must still show up.
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    video, ids, mask = _batch(model)
+    _loss(model, model(video, ids, mask)).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_double_backward_in_math_mode(model):
+    model.set_attention("math")
+    video, ids, mask = _batch(model)
+    video.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(_loss(model, model(video, ids, mask)), params, create_graph=True)
+    penalty = sum((g * g).sum() for g in grads)
+    (meta,) = torch.autograd.grad(penalty, video)
+    assert meta.shape == video.shape and torch.isfinite(meta).all() and meta.abs().sum() > 0
+
+
+def test_functional_call_matches_loaded_parameters(model):
+    video, ids, mask = _batch(model)
+    torch.manual_seed(3)
+    params = {k: v.detach() + 0.01 * torch.randn_like(v) for k, v in model.named_parameters()}
+    out = functional_call(model, params, (video, ids, mask))
+    other = copy.deepcopy(model)
+    other.load_state_dict(params, strict=False)
+    torch.testing.assert_close(out, other(video, ids, mask))
+    assert not torch.allclose(out, model(video, ids, mask))
+
+
+def test_math_and_fused_agree(model):
+    video, ids, mask = _batch(model)
+    model.set_attention("math")
+    math_out = model(video, ids, mask)
+    model.set_attention("fused")
+    torch.testing.assert_close(model(video, ids, mask), math_out, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError):
+        model.set_attention("flash")
+
+
+def test_save_load_round_trip(model, tmp_path):
+    video, ids, mask = _batch(model)
+    with torch.no_grad():
+        for p in model.parameters():  # not the init values: the load must really copy
+            p.add_(0.01)
+    expected = model(video, ids, mask)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert type(loaded) is type(model) and loaded.contract == model.contract
+    torch.testing.assert_close(loaded(video, ids, mask), expected, rtol=0, atol=0)
+    assert loaded.tokenize(["a dog"])["input_ids"].tolist() == \
+        model.tokenize(["a dog"])["input_ids"].tolist()
+
+
+def test_any_frame_count_up_to_max(model):
+    max_frames = model.contract.max_frames
+    for frames in (1, max_frames):
+        video, ids, mask = _batch(model, batch=2, frames=frames)
+        assert torch.isfinite(model(video, ids, mask)).all()
+    video, _, _ = _batch(model, batch=1, frames=max_frames + 1)
+    with pytest.raises(ValueError, match="frames"):
+        model.encode_video(video)
+
+
+def test_masked_frames(model):
+    video, _, _ = _batch(model, batch=3, frames=4)
+    valid = torch.tensor([[True, True, False, False], [True] * 4, [False] * 4])
+    video[~valid] = 1e3  # padded frames hold garbage: the mask must keep it out
+    emb = model.encode_video(video, valid)
+    assert torch.isfinite(emb).all()
+    torch.testing.assert_close(emb[1], model.encode_video(video[1:2])[0], atol=1e-5, rtol=1e-5)
