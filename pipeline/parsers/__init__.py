@@ -1,0 +1,25 @@
+"""Annotation parsers, one module per official format plus the generic csv/jsonl format.
+
+Each parser is a :class:`~pipeline.parsers.common.Format`: the schema its descriptors must
+follow and ``parse(descriptor, root, log) -> list[Entry]``, which reads every split of the
+annotation set, records each problem in ``log`` (file and line) and carries on.
+"""
+
+from __future__ import annotations
+
+from pipeline.parsers.common import Format
+from pipeline.parsers.didemo import DIDEMO
+from pipeline.parsers.generic import CSV, JSONL
+from pipeline.parsers.msrvtt import MSRVTT
+from pipeline.parsers.msvd import MSVD
+
+__all__ = ["FORMATS"]
+
+# Descriptor `format:` value -> parser.
+FORMATS: dict[str, Format] = {
+    "csv": CSV,
+    "didemo": DIDEMO,
+    "jsonl": JSONL,
+    "msrvtt": MSRVTT,
+    "msvd": MSVD,
+}
