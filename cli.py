@@ -18,6 +18,34 @@ def main() -> None:
 # --- synth ---------------------------------------------------------------------------------
 
 
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Output directory (resumed if it holds a run with the same settings).")
+@click.option("--seed", default=0, show_default=True, help="Random seed; same seed, same dataset.")
+@click.option("--train", default=1000, show_default=True, help="Training videos.")
+@click.option("--test", default=250, show_default=True, help="Test videos.")
+@click.option("--workers", default=2, show_default=True, help="Processes drawing and encoding.")
+@click.option("--size", default=64, show_default=True, help="Frames are SIZE x SIZE pixels (even).")
+@click.option("--fps", default=12, show_default=True, help="Frames per second.")
+@click.option("--duration", "duration_s", default=4.0, show_default=True,
+              help="Seconds per video.")
+@click.option("--captions", default=5, show_default=True, help="Captions per video.")
+@click.option("--min-events", default=3, show_default=True, help="Fewest events per video.")
+@click.option("--max-events", default=5, show_default=True, help="Most events per video.")
+@click.option("--flash-frames", default=3, show_default=True, help="Frames a flash lasts.")
+@click.option("--crf", default=18, show_default=True, help="x264 quality (lower: better, bigger).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def synth(quiet: bool, **options: object) -> None:
+    """Generate the embedded synthetic text-video dataset (H.264 videos + annotations.jsonl)."""
+    from pipeline.synth import SynthConfig, SynthError, generate_synthetic
+
+    try:
+        cfg = SynthConfig(progress=not quiet, **options)
+        click.echo(generate_synthetic(cfg))
+    except (ValueError, SynthError) as exc:  # SynthConfigError is a ValueError
+        raise click.ClickException(str(exc)) from exc
+
+
 # --- shard / inspect -----------------------------------------------------------------------
 
 
