@@ -49,7 +49,7 @@ Convention = Literal["pessimistic", "average", "optimistic", "frozen", "clip4cli
 CONVENTIONS: tuple[str, ...] = ("pessimistic", "average", "optimistic", "frozen", "clip4clip")
 RECALL_AT = (1, 5, 10)
 # Rows per chunk are chosen so one chunk's comparison matrices hold about this many elements.
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -118,11 +118,58 @@ def _chunks(num_rows: int, num_cols: int, chunk_size: int | None):
 
 
 def _raise_on_nan(chunk: torch.Tensor, start: int) -> None:
+    # A NaN anywhere makes the sum NaN: one cheap reduction, the exact search only on a hit.
+    if not bool(torch.isnan(chunk.sum())):
+        return
     nan_rows = torch.isnan(chunk).any(dim=1)
     if bool(nan_rows.any()):
         row = start + int(torch.nonzero(nan_rows)[0])
         col = int(torch.nonzero(torch.isnan(chunk[row - start]))[0])
         raise ValueError(f"similarity row {row} (query {row}) is NaN at column {col}")
+
+
+def _count_t2v(
+    sim: torch.Tensor, q2v: torch.Tensor, chunk_size: int | None, group_max: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """First pass: ``(3, Q)`` ahead/tied/tied-before counts and each video's best caption
+    similarity ``(V,)``; fills ``group_max`` ``(V, V)`` in place when given."""
+    num_queries, num_videos = sim.shape
+    columns = torch.arange(num_videos, device=sim.device)
+    counts = torch.zeros(3, num_queries, dtype=torch.long, device=sim.device)
+    best = torch.full((num_videos,), float("-inf"), dtype=sim.dtype, device=sim.device)
+    for start, stop in _chunks(num_queries, num_videos, chunk_size):
+        chunk, own = sim[start:stop], q2v[start:stop]
+        _raise_on_nan(chunk, start)
+        gt = chunk.gather(1, own[:, None])
+        counts[0, start:stop] = torch.count_nonzero(chunk > gt, dim=1)
+        tied = torch.count_nonzero(chunk == gt, dim=1) - 1
+        counts[1, start:stop] = tied
+        rows = torch.nonzero(tied).flatten()  # the tie order matters only where ties exist
+        if len(rows):
+            before = (chunk[rows] == gt[rows]) & (columns[None] < own[rows, None])
+            counts[2, start + rows] = torch.count_nonzero(before, dim=1)
+        best.scatter_reduce_(0, own, gt.squeeze(1), reduce="amax")
+        if group_max is not None:
+            group_max.scatter_reduce_(0, own[:, None].expand_as(chunk), chunk, reduce="amax")
+    return counts, best
+
+
+def _count_v2t(
+    sim: torch.Tensor, q2v: torch.Tensor, chunk_size: int | None, best: torch.Tensor
+) -> torch.Tensor:
+    """Second pass: ``(3, V)`` other captions ahead of / tied with each video's best caption,
+    and its own captions tied with it (the best excluded)."""
+    num_queries, num_videos = sim.shape
+    ahead = torch.zeros(num_videos, dtype=torch.long, device=sim.device)
+    tied_all, tied_own = torch.zeros_like(ahead), torch.zeros_like(ahead)
+    for start, stop in _chunks(num_queries, num_videos, chunk_size):
+        chunk, own = sim[start:stop], q2v[start:stop]
+        # A video's own captions never exceed its best, so "ahead" needs no mask.
+        ahead += torch.count_nonzero(chunk > best[None], dim=0)
+        tied_all += torch.count_nonzero(chunk == best[None], dim=0)
+        own_sim = chunk.gather(1, own[:, None]).squeeze(1)
+        tied_own.scatter_add_(0, own, (own_sim == best[own]).long())
+    return torch.stack([ahead, tied_all - tied_own, tied_own - 1])
 
 
 def count_ranks(
@@ -135,7 +182,7 @@ def count_ranks(
     Args:
         sim: ``(Q, V)`` similarities, queries × videos, on any device (numpy on CPU).
         query_to_video: ``(Q,)`` integer video index of each query.
-        chunk_size: rows per chunk; ``None`` picks about 4M elements per chunk.
+        chunk_size: rows per chunk; ``None`` picks about 1M elements per chunk.
 
     Returns:
         :class:`RankCounts` on the CPU.
@@ -146,45 +193,20 @@ def count_ranks(
     """
     sim, q2v = _check_inputs(sim, query_to_video)
     num_queries, num_videos = sim.shape
-    device = sim.device
-    columns = torch.arange(num_videos, device=device)
     one_per_video = num_queries == num_videos and bool(
         (torch.bincount(q2v, minlength=num_videos) == 1).all()
     )
-    t2v = torch.zeros(3, num_queries, dtype=torch.long, device=device)
-    best = torch.full((num_videos,), float("-inf"), dtype=sim.dtype, device=device)
     # group_max[i, j]: the best similarity of video i's captions to video j (CLIP4Clip v2t).
     group_max = None if one_per_video else torch.full(
-        (num_videos, num_videos), float("-inf"), dtype=sim.dtype, device=device
+        (num_videos, num_videos), float("-inf"), dtype=sim.dtype, device=sim.device
     )
-    for start, stop in _chunks(num_queries, num_videos, chunk_size):
-        chunk, own = sim[start:stop], q2v[start:stop]
-        _raise_on_nan(chunk, start)
-        gt = chunk.gather(1, own[:, None])
-        t2v[0, start:stop] = (chunk > gt).sum(1)
-        tied = chunk == gt
-        t2v[1, start:stop] = tied.sum(1) - 1
-        t2v[2, start:stop] = (tied & (columns[None] < own[:, None])).sum(1)
-        best.scatter_reduce_(0, own, gt.squeeze(1), reduce="amax")
-        if group_max is not None:
-            group_max.scatter_reduce_(0, own[:, None].expand_as(chunk), chunk, reduce="amax")
-
-    v2t = torch.zeros(3, num_videos, dtype=torch.long, device=device)
-    for start, stop in _chunks(num_queries, num_videos, chunk_size):
-        chunk, own = sim[start:stop], q2v[start:stop]
-        is_own = own[:, None] == columns[None]
-        tied = chunk == best[None]
-        v2t[0] += ((chunk > best[None]) & ~is_own).sum(0)
-        v2t[1] += (tied & ~is_own).sum(0)
-        v2t[2] += (tied & is_own).sum(0)
-    v2t[2] -= 1  # the best caption itself
-
+    t2v, best = _count_t2v(sim, q2v, chunk_size, group_max)
+    v2t = _count_v2t(sim, q2v, chunk_size, best)
     group_ahead = group_tied = None
     if group_max is not None:
         # Row j of CLIP4Clip's matrix is group_max[:, j]; its ground truth is group_max[j, j].
-        diag = best[None]
-        group_ahead = (group_max > diag).sum(0).cpu().numpy()
-        group_tied = ((group_max == diag).sum(0) - 1).cpu().numpy()
+        group_ahead = torch.count_nonzero(group_max > best[None], dim=0).cpu().numpy()
+        group_tied = (torch.count_nonzero(group_max == best[None], dim=0) - 1).cpu().numpy()
     t2v, v2t = t2v.cpu().numpy(), v2t.cpu().numpy()
     return RankCounts(
         t2v_ahead=t2v[0], t2v_tied=t2v[1], t2v_tied_before=t2v[2],
