@@ -11,7 +11,6 @@ Usage: ``.venv/bin/python benchmarks/bench_metrics.py [--dim 256] [--seed 0]``
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import torch
@@ -26,16 +25,25 @@ def _embeddings(num_videos: int, captions: int, dim: int, noise: float, gen: tor
     return torch.nn.functional.normalize(text, dim=1), video, q2v
 
 
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _reset_peak() -> None:
+    # Linux: writing 5 to clear_refs resets the high-water mark VmHWM to the current RSS.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
 
 
 def _run(name: str, sim: torch.Tensor, q2v: torch.Tensor) -> None:
-    before = _peak_mib()
+    _reset_peak()
+    before = _status_mib("VmRSS")
     start = time.perf_counter()
     counts = count_ranks(sim, q2v)
     seconds = time.perf_counter() - start
-    extra = _peak_mib() - before
+    extra = _status_mib("VmHWM") - before
     tied = int((counts.t2v_tied > 0).sum())
     print(f"\n{name}: {tuple(sim.shape)} {sim.dtype}, matrix {sim.numel() * sim.element_size() / 2**20:.0f} MiB;"
           f" ranking {seconds:.2f} s, peak RSS +{extra:.0f} MiB; queries tied at the GT: {tied}")
