@@ -147,11 +147,13 @@ class ShardSummary:
         return "\n".join(lines)
 
 
-def _resolved_config(config: ShardConfig, backend: str, plan: list[ShardTask]) -> dict[str, Any]:
-    """The config saved beside the shards: options, resolved backend and the plan's identity."""
+def _resolved_config(config: ShardConfig, dataset: str, backend: str, plan: list[ShardTask]) -> dict[str, Any]:
+    """The config saved beside the shards: options, resolved names and the plan's identity."""
     ids = "\n".join(r.video_id for task in plan for r in task.records)
     resolved = asdict(config)
     resolved.update(
+        dataset=dataset,
+        dataset_option=config.dataset,
         root=str(Path(config.root).resolve()),
         out=str(Path(config.out).resolve()),
         backend=backend,
@@ -277,15 +279,17 @@ def write_shards(config: ShardConfig, progress: bool = True) -> ShardSummary:
         ShardConfigMismatch: ``config.out`` holds a different run's shards.
     """
     from pipeline.decode import resolve_backend
-    from pipeline.manifests import load_records
+    from pipeline.manifests import load_records, resolve_dataset
 
     start = time.perf_counter()
     out = Path(config.out)
     backend = resolve_backend(config.backend)
-    plan = make_plan(load_records(config.dataset, config.root, config.split), config.dataset,
-                     config.split, config.shard_size)
+    # A generic annotation file's descriptor is named after its stem: that names the shards.
+    dataset = resolve_dataset(config.dataset, Path(config.root)).name
+    records = load_records(config.dataset, Path(config.root), config.split)
+    plan = make_plan(records, dataset, config.split, config.shard_size)
     own = [t for t in plan if t.index % config.num_nodes == config.node_rank]
-    resolved = _resolved_config(config, backend, plan)
+    resolved = _resolved_config(config, dataset, backend, plan)
     _prepare_out(out, resolved, own, single=config.num_nodes == 1)
 
     todo = [t for t in own if not (out / t.name).exists()]
@@ -296,7 +300,7 @@ def write_shards(config: ShardConfig, progress: bool = True) -> ShardSummary:
     if not todo and finished_index.exists():
         summary.nothing_to_do = True
     else:
-        settings = WorkerSettings(config.dataset, config.split, str(Path(config.root)), str(out),
+        settings = WorkerSettings(dataset, config.split, str(Path(config.root)), str(out),
                                   config.frames, config.size, backend)
         results = _run_tasks(todo, settings, config.workers, progress)
         summary.written = sum(r.samples for r in results)
