@@ -86,17 +86,21 @@ class DecodedVideo:
 def resized_shape(width: int, height: int, size: int) -> tuple[int, int]:
     """Size ``(w, h)`` of a frame whose short side is resized to ``size`` (aspect kept).
 
+    The long side is rounded to an even number of pixels: swscale's vectorised paths need an
+    even output width (an odd one costs twice the time) and the aspect changes by at most one
+    pixel, which the centre crop then removes anyway.
+
     Args:
         width: source width, pixels.
         height: source height, pixels.
         size: target short side ``S``, pixels.
 
     Returns:
-        ``(w, h)`` with ``min(w, h) == size`` and the long side rounded, never below ``size``.
+        ``(w, h)`` with ``min(w, h) == size`` and the long side even (or ``size``).
     """
-    if width <= height:
-        return size, max(size, round(height * size / width))
-    return max(size, round(width * size / height)), size
+    short, long = min(width, height), max(width, height)
+    scaled = max(size, 2 * round(long * size / short / 2))
+    return (size, scaled) if width <= height else (scaled, size)
 
 
 @functools.cache

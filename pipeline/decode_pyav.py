@@ -33,6 +33,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from pipeline.decode import DecodedVideo, DecodeError, resized_shape
 from pipeline.sampling import segment_midpoints
@@ -48,6 +49,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# One scaler per process: it keeps swscale's context between frames of the same geometry.
+_REFORMATTER = VideoReformatter()
 
 
 @dataclass
@@ -212,16 +216,18 @@ def frame_to_rgb(frame: av.VideoFrame, size: int) -> np.ndarray:
         uint8 ``(S, S, 3)`` RGB.
     """
     w, h = resized_shape(frame.width, frame.height, size)
-    rgb = frame.reformat(
+    # RGBA, not RGB24: swscale has vectorised scalers to 32-bit pixels only (2-3x faster).
+    rgba = _REFORMATTER.reformat(
+        frame,
         width=w,
         height=h,
-        format="rgb24",
+        format="rgba",
         interpolation="AREA",
         src_color_range=frame.color_range or None,
         threads=1,
     ).to_ndarray()
     y0, x0 = (h - size) // 2, (w - size) // 2
-    crop = rgb[y0 : y0 + size, x0 : x0 + size]
+    crop = rgba[y0 : y0 + size, x0 : x0 + size, :3]
     # The display matrix rotates counter-clockwise by `rotation` degrees; so does rot90.
     quarter_turns = round(frame.rotation / 90) % 4
     if quarter_turns:

@@ -87,10 +87,13 @@ def test_uniform_subset_picks_stored_positions():
 
 
 def test_resized_shape_keeps_aspect_with_short_side_s():
-    assert resized_shape(320, 240, 224) == (299, 224)
-    assert resized_shape(240, 320, 224) == (224, 299)
-    assert resized_shape(321, 241, 64) == (85, 64)
+    # 320 * 224 / 240 = 298.7 -> 298 (even), 321 * 64 / 241 = 85.2 -> 86 (even).
+    assert resized_shape(320, 240, 224) == (298, 224)
+    assert resized_shape(240, 320, 224) == (224, 298)
+    assert resized_shape(640, 360, 224) == (398, 224)
+    assert resized_shape(321, 241, 64) == (86, 64)
     assert resized_shape(64, 64, 64) == (64, 64)
+    assert resized_shape(100, 101, 64) == (64, 64)  # never below S
 
 
 # --- the generated videos ----------------------------------------------------------------------
