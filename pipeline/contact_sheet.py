@@ -17,9 +17,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.index import ERRORS_NAME, atomic_write_bytes, read_errors
-from pipeline.reader import iter_shard, resolve_shards
+from pipeline.shard_samples import iter_shard, resolve_shards
 
-__all__ = ["CAPTION_HEIGHT", "InspectConfig", "InspectReport", "inspect_shards", "render_contact_sheet"]
+__all__ = [
+    "CAPTION_HEIGHT",
+    "InspectConfig",
+    "InspectReport",
+    "inspect_shards",
+    "render_contact_sheet",
+]
 
 #: Height in pixels of the caption strip under each row of the contact sheet.
 CAPTION_HEIGHT = 16
@@ -82,7 +88,9 @@ class InspectReport:
             f"errors:            {errors}",
         ]
         if self.sheet:
-            lines.append(f"contact sheet:     {self.sheet} ({self.sheet_size[0]}x{self.sheet_size[1]})")
+            lines.append(
+                f"contact sheet:     {self.sheet} ({self.sheet_size[0]}x{self.sheet_size[1]})"
+            )
         return "\n".join(lines)
 
 
@@ -90,7 +98,9 @@ def _npy_shape(raw: bytes) -> tuple[int, ...]:
     """The array shape stored in ``.npy`` bytes, read from the header only."""
     stream = io.BytesIO(raw)
     major, _ = np.lib.format.read_magic(stream)
-    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    read = (
+        np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    )
     return tuple(read(stream)[0])
 
 

@@ -104,7 +104,7 @@ def shard_name(dataset: str, split: str, index: int) -> str:
 
 
 def errors_sidecar(name: str) -> str:
-    """The per-shard error file beside shard ``name`` (``x-000003.tar`` → ``x-000003.errors.jsonl``)."""
+    """The error file beside shard ``name``: ``x-000003.tar`` → ``x-000003.errors.jsonl``."""
     return name.removesuffix(".tar") + ".errors.jsonl"
 
 
@@ -124,7 +124,9 @@ def describe_shard(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         with tarfile.open(path, "r:") as tar:
-            samples = sum(1 for m in tar if m.isfile() and m.name.rsplit("/", 1)[-1].endswith(".json"))
+            samples = sum(
+                1 for m in tar if m.isfile() and m.name.rsplit("/", 1)[-1].endswith(".json")
+            )
     except (tarfile.TarError, OSError) as exc:
         raise ShardIndexError(f"{path}: not a readable tar ({exc})") from exc
     return {"name": path.name, "samples": samples, "bytes": path.stat().st_size}
@@ -245,9 +247,13 @@ def merge_indexes(out: str | Path) -> dict[str, Any]:
     if missing_ranks:
         problems.append(f"no partial index yet from node rank(s) {missing_ranks} of {max(counts)}")
     for p in partials[1:]:
-        problems += [f"node {p['node']['rank']}: {d}" for d in config_differences(config, p["config"])]
+        problems += [
+            f"node {p['node']['rank']}: {d}" for d in config_differences(config, p["config"])
+        ]
     names = [s["name"] for p in partials for s in p["shards"]]
-    expected = [shard_name(config["dataset"], config["split"], k) for k in range(config["num_shards"])]
+    expected = [
+        shard_name(config["dataset"], config["split"], k) for k in range(config["num_shards"])
+    ]
     if sorted(names) != expected:
         dup = sorted({n for n in names if names.count(n) > 1})
         absent = sorted(set(expected) - set(names))

@@ -9,6 +9,7 @@ resumes by writing exactly the shards that are missing. ``index.json`` is writte
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing as mp
 import os
 import time
@@ -27,6 +28,7 @@ from pipeline.index import (
     errors_sidecar,
     merge_indexes,
     partial_index_name,
+    read_errors,
     write_errors,
 )
 from pipeline.records import SHARD_FORMAT_VERSION
@@ -40,9 +42,7 @@ from pipeline.shard_worker import (
     write_one_shard,
 )
 
-__all__ = ["BACKENDS", "ShardConfig", "ShardConfigMismatch", "ShardSummary", "write_shards"]
-
-BACKENDS = ("auto", "ffmpeg", "dali")
+__all__ = ["ShardConfig", "ShardConfigMismatch", "ShardSummary", "write_shards"]
 
 
 class ShardConfigMismatch(RuntimeError):
@@ -87,6 +87,8 @@ class ShardConfig:
     node_rank: int | None = None
 
     def __post_init__(self) -> None:
+        from pipeline.decode import BACKENDS
+
         # torchrun sets WORLD_SIZE/RANK: each launched process is one "node" of the plan.
         if self.num_nodes is None:
             self.num_nodes = _env_int("WORLD_SIZE") or 1
@@ -100,9 +102,17 @@ class ShardConfig:
             problems.append("--root is required")
         elif not Path(self.root).is_dir():
             problems.append(f"--root {self.root!r} is not a directory")
-        for name, low in (("frames", 1), ("size", 8), ("workers", 1), ("shard_size", 1), ("num_nodes", 1)):
+        for name, low in (
+            ("frames", 1),
+            ("size", 8),
+            ("workers", 1),
+            ("shard_size", 1),
+            ("num_nodes", 1),
+        ):
             if getattr(self, name) < low:
-                problems.append(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+                problems.append(
+                    f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}"
+                )
         if self.backend not in BACKENDS:
             problems.append(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not 0 <= self.node_rank < max(self.num_nodes, 1):
@@ -143,11 +153,15 @@ class ShardSummary:
             )
         lines = [head] + self.notes
         if self.errors_total:
-            lines.append(f"{self.errors_total} videos could not be sharded: see {self.out}/errors.jsonl")
+            lines.append(
+                f"{self.errors_total} videos could not be sharded: see {self.out}/errors.jsonl"
+            )
         return "\n".join(lines)
 
 
-def _resolved_config(config: ShardConfig, dataset: str, backend: str, plan: list[ShardTask]) -> dict[str, Any]:
+def _resolved_config(
+    config: ShardConfig, dataset: str, backend: str, plan: list[ShardTask]
+) -> dict[str, Any]:
     """The config saved beside the shards: options, resolved names and the plan's identity."""
     ids = "\n".join(r.video_id for task in plan for r in task.records)
     resolved = asdict(config)
@@ -171,8 +185,6 @@ def _prepare_out(out: Path, resolved: dict[str, Any], own: list[ShardTask], sing
     Raises:
         ShardConfigMismatch: ``out`` holds shards of a run with other content settings.
     """
-    import json
-
     out.mkdir(parents=True, exist_ok=True)
     # On a shared directory other nodes may be mid-write: sweep only what this node owns.
     owned = {f"{t.name}.tmp" for t in own}
@@ -188,17 +200,23 @@ def _prepare_out(out: Path, resolved: dict[str, Any], own: list[ShardTask], sing
                 + "\n  ".join(diffs)
             )
     elif any(out.glob("*.tar")):
-        raise ShardConfigMismatch(f"{out} holds *.tar files but no {RUN_CONFIG_NAME}; use another --out")
+        raise ShardConfigMismatch(
+            f"{out} holds *.tar files but no {RUN_CONFIG_NAME}; use another --out"
+        )
     else:
         atomic_write_json(saved_path, resolved)
 
 
-def _run_tasks(todo: list[ShardTask], settings: WorkerSettings, workers: int, progress: bool) -> list[ShardResult]:
+def _run_tasks(
+    todo: list[ShardTask], settings: WorkerSettings, workers: int, progress: bool
+) -> list[ShardResult]:
     """Write the shards of ``todo`` with ``workers`` processes under one progress bar."""
     from tqdm import tqdm
 
     total = sum(len(t.records) for t in todo)
-    bar = tqdm(total=total, unit="video", desc="shard", disable=not progress or total == 0, smoothing=0.1)
+    bar = tqdm(
+        total=total, unit="video", desc="shard", disable=not progress or total == 0, smoothing=0.1
+    )
     failed = 0
 
     def tick(error: bool) -> None:
@@ -241,8 +259,13 @@ def _drain(queue: Any, tick: Any) -> None:
             return
 
 
-def _finish(out: Path, config: ShardConfig, resolved: dict[str, Any], plan: list[ShardTask],
-            own: list[ShardTask]) -> tuple[str | None, list[str]]:
+def _finish(
+    out: Path,
+    config: ShardConfig,
+    resolved: dict[str, Any],
+    plan: list[ShardTask],
+    own: list[ShardTask],
+) -> tuple[str | None, list[str]]:
     """Write ``errors.jsonl`` and ``index.json`` (or this node's partial index); join partials."""
     notes: list[str] = []
     if config.num_nodes == 1:
@@ -293,24 +316,33 @@ def write_shards(config: ShardConfig, progress: bool = True) -> ShardSummary:
     _prepare_out(out, resolved, own, single=config.num_nodes == 1)
 
     todo = [t for t in own if not (out / t.name).exists()]
-    summary = ShardSummary(out=str(out), videos=sum(len(t.records) for t in own), shards_total=len(plan))
+    summary = ShardSummary(
+        out=str(out), videos=sum(len(t.records) for t in own), shards_total=len(plan)
+    )
     summary.skipped = summary.videos - sum(len(t.records) for t in todo)
-    finished_index = out / (INDEX_NAME if config.num_nodes == 1 else
-                            partial_index_name(config.node_rank, config.num_nodes))
+    finished_index = out / (
+        INDEX_NAME
+        if config.num_nodes == 1
+        else partial_index_name(config.node_rank, config.num_nodes)
+    )
     if not todo and finished_index.exists():
         summary.nothing_to_do = True
     else:
-        settings = WorkerSettings(dataset, config.split, str(Path(config.root)), str(out),
-                                  config.frames, config.size, backend)
+        settings = WorkerSettings(
+            dataset,
+            config.split,
+            str(Path(config.root)),
+            str(out),
+            config.frames,
+            config.size,
+            backend,
+        )
         results = _run_tasks(todo, settings, config.workers, progress)
         summary.written = sum(r.samples for r in results)
         summary.failed = sum(r.errors for r in results)
         summary.shards_written = len(results)
         summary.bytes = sum((out / r.name).stat().st_size for r in results)
         summary.index, summary.notes = _finish(out, config, resolved, plan, own)
-    summary.errors_total = sum(
-        len((out / errors_sidecar(t.name)).read_text().splitlines())
-        for t in own if (out / errors_sidecar(t.name)).exists()
-    )
+    summary.errors_total = sum(len(read_errors(out / errors_sidecar(t.name))) for t in own)
     summary.wall_s = time.perf_counter() - start
     return summary

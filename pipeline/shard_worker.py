@@ -22,10 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from pipeline.index import atomic_write_bytes, errors_sidecar, shard_name
 from pipeline.records import SHARD_FORMAT_VERSION, VideoRecord
 
-__all__ = ["ShardResult", "ShardTask", "WorkerSettings", "make_plan", "sanitise_keys", "write_one_shard"]
+__all__ = [
+    "ShardResult",
+    "ShardTask",
+    "WorkerSettings",
+    "make_plan",
+    "sanitise_keys",
+    "write_one_shard",
+]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -87,7 +95,9 @@ def sanitise_keys(video_ids: list[str]) -> list[str]:
     ]
 
 
-def make_plan(records: list[VideoRecord], dataset: str, split: str, shard_size: int) -> list[ShardTask]:
+def make_plan(
+    records: list[VideoRecord], dataset: str, split: str, shard_size: int
+) -> list[ShardTask]:
     """Split ``records`` (sorted here by video id) into shards of ``shard_size`` videos."""
     records = sorted(records, key=lambda r: r.video_id)
     keys = sanitise_keys([r.video_id for r in records])
@@ -198,7 +208,9 @@ def write_one_shard(
         stream.flush()
         os.fsync(stream.fileno())
     if errors:
-        atomic_write_bytes(sidecar, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
+        atomic_write_bytes(
+            sidecar, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode()
+        )
     os.replace(tmp, final)
     return ShardResult(task.name, len(task.records), samples, len(errors))
 
@@ -232,4 +244,6 @@ def init_worker(queue: Any, parent: int) -> None:
 
 def run_in_worker(task: ShardTask, settings: WorkerSettings) -> ShardResult:
     """Entry point of a pool worker: write ``task``, reporting each video on the queue."""
-    return write_one_shard(task, settings, on_video=_PROGRESS.put if _PROGRESS is not None else None)
+    return write_one_shard(
+        task, settings, on_video=_PROGRESS.put if _PROGRESS is not None else None
+    )

@@ -27,9 +27,21 @@ FRAMES, SIZE, SHARD_SIZE = 3, 24, 2
 def shard_dir(tmp_path_factory) -> Path:
     root, out = tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("shards")
     make_dataset(root, VIDEOS, {"gone": None})
-    write_shards(ShardConfig(dataset="synthetic", root=str(root), split="train", out=str(out), frames=FRAMES,
-                             size=SIZE, backend="ffmpeg", shard_size=SHARD_SIZE, num_nodes=1, node_rank=0),
-                 progress=False)
+    write_shards(
+        ShardConfig(
+            dataset="synthetic",
+            root=str(root),
+            split="train",
+            out=str(out),
+            frames=FRAMES,
+            size=SIZE,
+            backend="ffmpeg",
+            shard_size=SHARD_SIZE,
+            num_nodes=1,
+            node_rank=0,
+        ),
+        progress=False,
+    )
     return out
 
 
@@ -53,8 +65,13 @@ def test_resolve_shards_accepts_directory_pattern_glob_and_list(shard_dir, tmp_p
 @pytest.mark.parametrize("world, workers", [(1, 0), (2, 2), (4, 2)])
 def test_ranks_and_workers_read_every_sample_exactly_once(shard_dir, world, workers):
     # (4, 2): 6 shards for 8 workers, so two workers idle and the cover must still be complete.
-    seen = [k for rank in range(world)
-            for k in keys(ShardDataset(shard_dir, shuffle=4, seed=1, rank=rank, world_size=world), workers)]
+    seen = [
+        k
+        for rank in range(world)
+        for k in keys(
+            ShardDataset(shard_dir, shuffle=4, seed=1, rank=rank, world_size=world), workers
+        )
+    ]
     assert sorted(seen) == VIDEOS
 
 
@@ -110,8 +127,10 @@ def test_corrupt_sample_raises_naming_shard_and_key(shard_dir, tmp_path):
 
 def test_cli_inspect_counts_and_contact_sheet(shard_dir, tmp_path):
     sheet = tmp_path / "sheet.png"
-    result = CliRunner().invoke(main, ["inspect", str(shard_dir), "--sheet", str(sheet), "--samples", "3",
-                                       "--max-frames", "2"])
+    result = CliRunner().invoke(
+        main,
+        ["inspect", str(shard_dir), "--sheet", str(sheet), "--samples", "3", "--max-frames", "2"],
+    )
     assert result.exit_code == 0, result.output
     lines = dict(line.split(":", 1) for line in result.output.splitlines())
     assert int(lines["shards"]) == 6 and int(lines["samples"]) == len(VIDEOS)
@@ -125,7 +144,9 @@ def test_cli_inspect_counts_and_contact_sheet(shard_dir, tmp_path):
     row_h = SIZE + CAPTION_HEIGHT
     for row in range(3):  # two frames shown of three: the first and the last
         np.testing.assert_array_equal(image[row * row_h : row * row_h + SIZE, :SIZE], first[row][0])
-        np.testing.assert_array_equal(image[row * row_h : row * row_h + SIZE, SIZE:], first[row][-1])
+        np.testing.assert_array_equal(
+            image[row * row_h : row * row_h + SIZE, SIZE:], first[row][-1]
+        )
         assert image[row * row_h + SIZE :, :][:CAPTION_HEIGHT].max() > 200  # caption text drawn
 
 

@@ -27,7 +27,9 @@ BAD = {"missing": None, "empty": b"", "notavideo": b"this is plain text, not a v
 FRAMES, SIZE, SHARD_SIZE = 4, 32, 3
 
 
-def make_dataset(root: Path, good: list[str], bad: dict[str, bytes | None], split: str = "train") -> None:
+def make_dataset(
+    root: Path, good: list[str], bad: dict[str, bytes | None], split: str = "train"
+) -> None:
     """A synthetic-format dataset: ``annotations.jsonl`` plus the files it names."""
     (root / "videos").mkdir(parents=True, exist_ok=True)
     lines = []
@@ -38,7 +40,11 @@ def make_dataset(root: Path, good: list[str], bad: dict[str, bytes | None], spli
             (root / "videos" / f"{vid}.mp4").write_bytes(content)
     for vid in good + list(bad):
         captions = [f"caption one of {vid}", f"caption two of {vid}"]
-        lines.append(json.dumps({"video_id": vid, "path": f"videos/{vid}.mp4", "captions": captions, "split": split}))
+        lines.append(
+            json.dumps(
+                {"video_id": vid, "path": f"videos/{vid}.mp4", "captions": captions, "split": split}
+            )
+        )
     with open(root / "annotations.jsonl", "a") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -51,9 +57,18 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def config(root: Path, out: Path, **overrides) -> ShardConfig:
-    options = {"dataset": "synthetic", "root": str(root), "split": "train", "out": str(out),
-               "frames": FRAMES, "size": SIZE, "backend": "ffmpeg", "shard_size": SHARD_SIZE,
-               "num_nodes": 1, "node_rank": 0}
+    options = {
+        "dataset": "synthetic",
+        "root": str(root),
+        "split": "train",
+        "out": str(out),
+        "frames": FRAMES,
+        "size": SIZE,
+        "backend": "ffmpeg",
+        "shard_size": SHARD_SIZE,
+        "num_nodes": 1,
+        "node_rank": 0,
+    }
     options.update(overrides)
     return ShardConfig(**options)
 
@@ -80,17 +95,31 @@ def test_end_to_end_read_back(data_root, reference):
         assert "." not in sample["key"]
         decoded = decode_video(data_root / meta["source"], FRAMES, SIZE, backend="ffmpeg")
         np.testing.assert_array_equal(sample["frames"], decoded.frames)
-        assert sample["frames"].dtype == np.uint8 and sample["frames"].shape == (FRAMES, SIZE, SIZE, 3)
+        assert sample["frames"].dtype == np.uint8 and sample["frames"].shape == (
+            FRAMES,
+            SIZE,
+            SIZE,
+            3,
+        )
         assert meta["indices"] == [int(i) for i in decoded.indices]
-        assert [frame_number(f) for f in sample["frames"]] == meta["indices"]  # the frames they name
-        assert meta["num_frames"] == decoded.num_frames and meta["fps"] == pytest.approx(decoded.fps)
+        assert [frame_number(f) for f in sample["frames"]] == meta[
+            "indices"
+        ]  # the frames they name
+        assert meta["num_frames"] == decoded.num_frames and meta["fps"] == pytest.approx(
+            decoded.fps
+        )
         assert meta["duration_s"] == pytest.approx(decoded.duration_s)
-        assert meta["captions"] == [f"caption one of {meta['video_id']}", f"caption two of {meta['video_id']}"]
+        assert meta["captions"] == [
+            f"caption one of {meta['video_id']}",
+            f"caption two of {meta['video_id']}",
+        ]
         assert (meta["split"], meta["dataset"], meta["backend"]) == ("train", "synthetic", "ffmpeg")
         assert meta["source"] == f"videos/{meta['video_id']}.mp4" and meta["format_version"] >= 1
     index = read_index(reference)
     total = len(GOOD) + len(BAD)
-    assert [s["name"] for s in index["shards"]] == [f"synthetic-train-{k:06d}.tar" for k in range(-(-total // SHARD_SIZE))]
+    assert [s["name"] for s in index["shards"]] == [
+        f"synthetic-train-{k:06d}.tar" for k in range(-(-total // SHARD_SIZE))
+    ]
     assert index["totals"]["samples"] == len(GOOD) and index["totals"]["errors"] == len(BAD)
     assert index["totals"]["bytes"] == sum(p.stat().st_size for p in reference.glob("*.tar"))
     assert sum(s["samples"] for s in index["shards"]) == len(GOOD)
@@ -103,7 +132,11 @@ def test_bad_inputs_are_recorded_not_fatal(reference):
     for error in errors:
         assert set(error) >= {"video_id", "source", "reason", "stage"} and error["reason"]
     stages = {e["video_id"]: e["stage"] for e in errors}
-    assert stages["missing"] == "read" and stages["empty"] == "decode" and stages["notavideo"] == "decode"
+    assert (
+        stages["missing"] == "read"
+        and stages["empty"] == "decode"
+        and stages["notavideo"] == "decode"
+    )
     assert not list(reference.glob("*.tmp"))
 
 
@@ -130,8 +163,17 @@ def test_different_config_into_same_out_is_an_error(data_root, reference):
 
 def test_config_reports_every_problem_at_once(tmp_path):
     with pytest.raises(ValueError) as info:
-        ShardConfig(dataset="synthetic", root=str(tmp_path / "nope"), split="train", out=str(tmp_path),
-                    frames=0, workers=0, backend="vaapi", num_nodes=2, node_rank=2)
+        ShardConfig(
+            dataset="synthetic",
+            root=str(tmp_path / "nope"),
+            split="train",
+            out=str(tmp_path),
+            frames=0,
+            workers=0,
+            backend="vaapi",
+            num_nodes=2,
+            node_rank=2,
+        )
     for option in ("--root", "--frames", "--workers", "--backend", "--node-rank"):
         assert option in str(info.value)
 
@@ -163,17 +205,39 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.parametrize("workers, kill_after_shards", [(1, 0), (1, 1), (2, 2)])
-def test_sigkill_and_resume_yields_the_same_samples(data_root, reference, tmp_path, workers, kill_after_shards):
+def test_sigkill_and_resume_yields_the_same_samples(
+    data_root, reference, tmp_path, workers, kill_after_shards
+):
     out = tmp_path / "out"
-    command = [str(Path(sys.executable).with_name("mof-cli")), "shard", "--dataset", "synthetic",
-               "--root", str(data_root), "--split", "train", "--out", str(out), "--frames", str(FRAMES),
-               "--size", str(SIZE), "--backend", "ffmpeg", "--shard-size", str(SHARD_SIZE),
-               "--workers", str(workers)]
+    command = [
+        str(Path(sys.executable).with_name("mof-cli")),
+        "shard",
+        "--dataset",
+        "synthetic",
+        "--root",
+        str(data_root),
+        "--split",
+        "train",
+        "--out",
+        str(out),
+        "--frames",
+        str(FRAMES),
+        "--size",
+        str(SIZE),
+        "--backend",
+        "ffmpeg",
+        "--shard-size",
+        str(SHARD_SIZE),
+        "--workers",
+        str(workers),
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     # Kill once the run has started (its config is saved) and the wanted shards are complete.
     while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "shard_config.json").exists() and len(list(out.glob("*.tar"))) >= kill_after_shards:
+        if (out / "shard_config.json").exists() and len(
+            list(out.glob("*.tar"))
+        ) >= kill_after_shards:
             break
         time.sleep(0.005)
     children = _children(proc.pid)
@@ -202,7 +266,10 @@ def test_multi_node_partial_indexes_merge(data_root, reference, tmp_path):
         merge_indexes(tmp_path)
     write_shards(config(data_root, tmp_path, num_nodes=2, node_rank=0), progress=False)
     names = sorted(tmp_path.glob("index.node-*-of-00002.json"))
-    assert [n.name for n in names] == ["index.node-00000-of-00002.json", "index.node-00001-of-00002.json"]
+    assert [n.name for n in names] == [
+        "index.node-00000-of-00002.json",
+        "index.node-00001-of-00002.json",
+    ]
     partial = [json.loads(n.read_text()) for n in names]
     own = [{s["name"] for s in p["shards"]} for p in partial]
     assert not own[0] & own[1]
@@ -217,8 +284,23 @@ def test_multi_node_partial_indexes_merge(data_root, reference, tmp_path):
 
 
 def test_cli_shard_strict_exit_code(data_root, tmp_path):
-    args = ["shard", "--dataset", "synthetic", "--root", str(data_root), "--split", "train",
-            "--frames", str(FRAMES), "--size", str(SIZE), "--backend", "ffmpeg", "--shard-size", "4"]
+    args = [
+        "shard",
+        "--dataset",
+        "synthetic",
+        "--root",
+        str(data_root),
+        "--split",
+        "train",
+        "--frames",
+        str(FRAMES),
+        "--size",
+        str(SIZE),
+        "--backend",
+        "ffmpeg",
+        "--shard-size",
+        "4",
+    ]
     lenient = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
     assert lenient.exit_code == 0, lenient.output
     assert f"{len(GOOD)} written" in lenient.output and f"{len(BAD)} failed" in lenient.output
