@@ -38,6 +38,7 @@ from pipeline.synth_grammar import (
     plan_events,
     with_captions,
 )
+from pipeline.synth_stats import event_coverage, segment_midpoints
 
 __all__ = [
     "SYNTH_FORMAT_VERSION",
@@ -45,11 +46,9 @@ __all__ = [
     "SynthConfigError",
     "SynthError",
     "SynthSummary",
-    "event_coverage",
     "generate_synthetic",
     "load_timeline",
     "plan_dataset",
-    "segment_midpoints",
 ]
 
 # Bump when the same settings would produce different files (grammar, drawing, encoding).
@@ -165,14 +164,18 @@ class SynthSummary:
     frames_per_video: int
     bytes: int
     seconds: float
+    coverage: dict[int, float]  # R -> mean fraction of events hit by R segment midpoints
 
     def __str__(self) -> str:
         n = self.train + self.test
+        seen = " / ".join(f"{100 * c:.0f}%" for c in self.coverage.values())
         return (
             f"synthetic dataset in {self.out}: {n} videos ({self.train} train, {self.test} test), "
             f"{self.captions} captions, {self.frames_per_video} frames each\n"
             f"  generated {self.generated}, skipped {self.skipped} already complete; "
-            f"{self.bytes / 1e6:.1f} MB of video; {self.seconds:.1f} s"
+            f"{self.bytes / 1e6:.1f} MB of video; {self.seconds:.1f} s\n"
+            f"  events seen by {' / '.join(map(str, self.coverage))} segment-midpoint frames: "
+            f"{seen}"
         )
 
 
@@ -206,19 +209,6 @@ def plan_dataset(cfg: SynthConfig) -> list[VideoPlan]:
         plan = VideoPlan(_video_id(i, total), split, cfg.num_frames, cfg.size, events, sprites)
         plans.append(with_captions(plan, captions))
     return plans
-
-
-def segment_midpoints(num_frames: int, r: int) -> np.ndarray:
-    """Frame indices at the midpoints of ``r`` equal segments (edges ``linspace(0, T, r+1)``)."""
-    edges = np.linspace(0, num_frames, r + 1)
-    return np.minimum(((edges[:-1] + edges[1:]) / 2).astype(np.int64), num_frames - 1)
-
-
-def event_coverage(plan: VideoPlan, indices: np.ndarray) -> float:
-    """Fraction of the video's events with at least one of ``indices`` inside their window."""
-    idx = np.asarray(indices)
-    seen = [bool(np.any((idx >= ev.start) & (idx < ev.end))) for ev in plan.events]
-    return float(np.mean(seen))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -335,4 +325,6 @@ def generate_synthetic(cfg: SynthConfig) -> SynthSummary:
         skipped=len(plans) - len(jobs), captions=sum(len(p.captions) for p in plans),
         frames_per_video=cfg.num_frames,
         bytes=sum((videos / f"{p.video_id}.mp4").stat().st_size for p in plans),
-        seconds=time.perf_counter() - start)
+        seconds=time.perf_counter() - start,
+        coverage={r: float(np.mean([event_coverage(p, segment_midpoints(cfg.num_frames, r))
+                                    for p in plans])) for r in (1, 8, 32)})

@@ -20,14 +20,13 @@ from cli import main
 from pipeline.synth import (
     SynthConfig,
     SynthConfigError,
-    event_coverage,
     generate_synthetic,
     load_timeline,
     plan_dataset,
-    segment_midpoints,
 )
 from pipeline.synth_grammar import BACKGROUND, PALETTE, SHAPES, min_window
 from pipeline.synth_render import decode_mp4, visible_colours
+from pipeline.synth_stats import event_coverage, oracle_recall_at_1, segment_midpoints
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"train": 12, "test": 4, "progress": False}
@@ -242,6 +241,7 @@ def test_one_frame_sees_clearly_less_than_eight(small):
 def test_default_dataset_plan_is_unique_and_not_trivial(tmp_path):
     cfg = SynthConfig(out=tmp_path)
     plans = plan_dataset(cfg)
+    test_split = [p for p in plans if p.split == "test"]
     assert len(plans) == 1250 and len({p.video_id for p in plans}) == 1250
     assert len({tuple(c.text for c in p.captions) for p in plans}) == 1250
     assert len({p.captions[0].text for p in plans}) == 1250
@@ -255,11 +255,14 @@ def test_default_dataset_plan_is_unique_and_not_trivial(tmp_path):
                 else ev.end - ev.start >= shortest
     # No single visible object identifies a test video: each one is shared by many videos.
     per_identity: dict[tuple[str, str], int] = {}
-    for plan in (p for p in plans if p.split == "test"):
+    for plan in test_split:
         for key in {(ev.colour, ev.shape) for ev in plan.events}:
             per_identity[key] = per_identity.get(key, 0) + 1
     assert len(per_identity) == len(PALETTE) * len(SHAPES)
     assert min(per_identity.values()) >= 10
+    # A perfect object recogniser that ignores time retrieves far better from 8 frames than 1.
+    one, eight = (oracle_recall_at_1(test_split, r, canonical_only=True) for r in (1, 8))
+    assert one < 0.3 and eight > one + 0.5, (one, eight)
 
 
 def test_cli_synth_wiring(tmp_path):
