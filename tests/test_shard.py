@@ -82,6 +82,13 @@ def reference(data_root, tmp_path_factory) -> Path:
     return out
 
 
+def shard_args(root: Path, out: Path) -> list[str]:
+    """``mof-cli shard`` arguments equivalent to :func:`config` (``--out`` last)."""
+    return ["shard", "--dataset", "synthetic", "--root", str(root), "--split", "train",
+            "--frames", str(FRAMES), "--size", str(SIZE), "--backend", "ffmpeg",
+            "--shard-size", str(SHARD_SIZE), "--out", str(out)]  # fmt: skip
+
+
 def tar_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
 
@@ -209,28 +216,8 @@ def test_sigkill_and_resume_yields_the_same_samples(
     data_root, reference, tmp_path, workers, kill_after_shards
 ):
     out = tmp_path / "out"
-    command = [
-        str(Path(sys.executable).with_name("mof-cli")),
-        "shard",
-        "--dataset",
-        "synthetic",
-        "--root",
-        str(data_root),
-        "--split",
-        "train",
-        "--out",
-        str(out),
-        "--frames",
-        str(FRAMES),
-        "--size",
-        str(SIZE),
-        "--backend",
-        "ffmpeg",
-        "--shard-size",
-        str(SHARD_SIZE),
-        "--workers",
-        str(workers),
-    ]
+    command = [str(Path(sys.executable).with_name("mof-cli")), *shard_args(data_root, out)]
+    command += ["--workers", str(workers)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     # Kill once the run has started (its config is saved) and the wanted shards are complete.
@@ -284,23 +271,7 @@ def test_multi_node_partial_indexes_merge(data_root, reference, tmp_path):
 
 
 def test_cli_shard_strict_exit_code(data_root, tmp_path):
-    args = [
-        "shard",
-        "--dataset",
-        "synthetic",
-        "--root",
-        str(data_root),
-        "--split",
-        "train",
-        "--frames",
-        str(FRAMES),
-        "--size",
-        str(SIZE),
-        "--backend",
-        "ffmpeg",
-        "--shard-size",
-        "4",
-    ]
+    args = shard_args(data_root, tmp_path / "unused")[:-2]
     lenient = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
     assert lenient.exit_code == 0, lenient.output
     assert f"{len(GOOD)} written" in lenient.output and f"{len(BAD)} failed" in lenient.output
