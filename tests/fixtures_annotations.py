@@ -131,7 +131,12 @@ def write_didemo(root: Path, moments: Mapping[str, Sequence[tuple[str, str]]],
         write_lines(root / f"{split}_list.txt", ids, **quirks)
 
 
-def msrvtt_full(root: Path, seed: int = 0) -> dict[str, int]:
+# The full-size writers return what the peers' rules make of the files they wrote:
+# split -> video id -> queries, for the tests to compare with the parsers' records.
+Expected = dict[str, dict[str, tuple[str, ...]]]
+
+
+def msrvtt_full(root: Path, seed: int = 0) -> Expected:
     """A full-size MSR-VTT 1k-A set: 10000 videos x 20 sentences, 9000 train, 1000 JSFusion."""
     rng = random.Random(seed)
     ids = [f"video{i}" for i in range(10000)]
@@ -140,12 +145,14 @@ def msrvtt_full(root: Path, seed: int = 0) -> dict[str, int]:
     captions = {v: [f"clip {v} shows scene {k}" for k in range(20)] for v in ids}
     for v in rng.sample(ids, 500):  # MSR-VTT has repeated sentences within a video
         captions[v][19] = captions[v][3]
-    write_msrvtt(root, captions, [v for v in ids if v not in test_set],
-                 [(v, captions[v][rng.randrange(20)]) for v in test], indent=None)
-    return {"train": 9000, "test": 1000, "train_queries": 180000, "test_queries": 1000}
+    train = [v for v in ids if v not in test_set]
+    jsfusion = [(v, captions[v][rng.randrange(20)]) for v in test]
+    write_msrvtt(root, captions, train, jsfusion, indent=None)
+    return {"train": {v: tuple(captions[v]) for v in train},
+            "test": {v: (s,) for v, s in jsfusion}}
 
 
-def msvd_full(root: Path, seed: int = 0) -> dict[str, int]:
+def msvd_full(root: Path, seed: int = 0) -> Expected:
     """A full-size MSVD set: 1970 ids split 1200/100/670 with 20-60 captions each."""
     rng = random.Random(seed)
     ids = [f"{rng.getrandbits(40):010x}_{i}_{i + 7}" for i in range(1970)]
@@ -153,17 +160,16 @@ def msvd_full(root: Path, seed: int = 0) -> dict[str, int]:
                 for v in ids}
     lists = {"train": ids[:1200], "val": ids[1200:1300], "test": ids[1300:]}
     write_msvd(root, captions, lists)
-    counts = {split: len(v) for split, v in lists.items()}
-    counts.update({f"{s}_queries": sum(len(captions[v]) for v in lists[s]) for s in lists})
-    return counts
+    return {split: {v: tuple(" ".join(t) for t in captions[v]) for v in members}
+            for split, members in lists.items()}
 
 
-def didemo_full(root: Path, seed: int = 0) -> dict[str, int]:
+def didemo_full(root: Path, seed: int = 0) -> Expected:
     """A full-size DiDeMo set: lists of 8392/1065/1004; the train JSON has 3 unlisted videos."""
     rng = random.Random(seed)
     exts = [".mp4", ".mov", ".m4v", ".3gp", ".avi", ".", ".MOV"]
     sizes = {"train": 8395, "val": 1065, "test": 1004}
-    moments, lists = {}, {}
+    moments, lists, expected = {}, {}, {}
     for split, size in sizes.items():
         names = [f"{rng.getrandbits(30)}@N0{i % 9}_{i}_{split}{rng.choice(exts)}"
                  for i in range(size)]
@@ -171,5 +177,10 @@ def didemo_full(root: Path, seed: int = 0) -> dict[str, int]:
         rng.shuffle(items)
         moments[split] = items
         lists[split] = names[:8392] if split == "train" else names
+        paragraphs: dict[str, list[str]] = {v: [] for v in lists[split]}
+        for video, text in items:
+            if video in paragraphs:
+                paragraphs[video].append(text)
+        expected[split] = {v: (" ".join(texts),) for v, texts in paragraphs.items()}
     write_didemo(root, moments, lists, indent=None)
-    return {split: len(ids) for split, ids in lists.items()}
+    return expected
