@@ -241,7 +241,11 @@ def _prepare_dir(cfg: SynthConfig) -> Path:
     return videos
 
 
-def _make_video(job: tuple[VideoPlan, Path, int, int]) -> tuple[str, int, str | None]:
+_Job = tuple[VideoPlan, Path, int, int]  # plan, final path, fps, crf
+_Result = tuple[str, int, str | None]  # video id, bytes, error message
+
+
+def _make_video(job: _Job) -> _Result:
     """Worker: draw and encode one video; errors are returned, not raised."""
     from pipeline.synth_render import encode_mp4, render_video
 
@@ -252,7 +256,7 @@ def _make_video(job: tuple[VideoPlan, Path, int, int]) -> tuple[str, int, str | 
         return plan.video_id, 0, f"{type(exc).__name__}: {exc}"
 
 
-def _run_jobs(jobs: list, workers: int, progress: bool) -> list[tuple[str, int, str | None]]:
+def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list[_Result]:
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), unit="video", desc="synth", disable=not progress)
