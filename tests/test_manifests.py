@@ -365,6 +365,8 @@ def test_didemo_paragraphs_and_file_names(tmp_path):
     }
     write_didemo(tmp_path, moments, {"train": [b, a], "test": [c]}, crlf=True, bom=True,
                  trailing_blank=1)
+    val_json = tmp_path / "val_data.json"
+    val_json.write_bytes(b"\xef\xbb\xbf" + val_json.read_bytes().replace(b"\n", b"\r\n"))
     touch(tmp_path, f"videos/{a}")
     touch(tmp_path, f"videos/{b}")
     touch(tmp_path, f"videos/{c}.mp4")  # saved as <name>.mp4 by the AWS downloader

@@ -65,11 +65,16 @@ class ManifestError(ValueError):
 
     def __init__(self, problems: Iterable[Problem], context: str = "") -> None:
         self.problems = list(problems)
+        self.context = context
         head = f"{len(self.problems)} problem(s)" + (f" in {context}" if context else "")
         lines = [f"  {p}" for p in self.problems[:_MAX_LISTED]]
         if len(self.problems) > _MAX_LISTED:
             lines.append(f"  ... and {len(self.problems) - _MAX_LISTED} more")
         super().__init__(head + ":\n" + "\n".join(lines))
+
+    def __reduce__(self):
+        # Rebuild from the problems, not the message, when sent between processes.
+        return type(self), (self.problems, self.context)
 
 
 class ProblemLog:
