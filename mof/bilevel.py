@@ -1,0 +1,399 @@
+"""The frame-level step of MOF (Eqs. 10-11) as pure functions; the trainer only sequences them.
+
+From the model Θ just updated by the model-level step, a temporary SGD step
+
+    Θ''(ε) = Θ − α ∇_Θ L_c(Θ; ε)                                                  (Eq. 10)
+
+stays differentiable in the learnable frames ε of the batch, and the loss of Θ'' on the regular
+frames V^R is differentiated with respect to ε (Eq. 11). With v = ∇_Θ'' L_c(Θ''; V^R),
+
+    ∇_ε L_c(Θ''(ε); V^R) = −α ∂/∂ε ⟨∇_Θ L_c(Θ; ε), v⟩                              (chain rule)
+
+a mixed second derivative. :func:`meta_gradient` computes it three ways:
+
+* ``exact``: one vector-Jacobian product through the unrolled step (double backward). The
+  model must run its math attention path (``model.set_attention("math")``): fused SDPA kernels
+  have no double backward.
+* ``finite-diff``: the DARTS difference along v with ξ = ``fd_step`` / ‖v‖ (so ‖ξv‖ =
+  ``fd_step``), no double backward, any attention kernel. ``central``:
+  −α (∇_ε L(Θ+ξv; ε) − ∇_ε L(Θ−ξv; ε)) / (2ξ); ``forward``: −α (∇_ε L(Θ+ξv; ε) − ∇_ε L(Θ; ε)) / ξ,
+  whose second term comes free with the inner gradient (or with a shared one).
+* ``first-order``: ∇_ε L_c(Θ''; ε), a labelled ablation only: its direction is unrelated to
+  the meta-gradient (cosine −0.6 to +0.1 measured).
+
+Functions take the model as a pure function ``loss_fn(params, video) -> scalar`` of a parameter
+dict (see :func:`make_loss_fn`); they never modify ``params`` or a module, so every perturbation
+is undone by construction. Dropout: pass ``seed`` and every pass on the learnable frames runs
+with the same random stream (``torch.random.fork_rng`` + a manual seed, see :func:`rng_scope`),
+so the differences and the unrolled step see one and the same function of Θ and ε.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "InnerGrad",
+    "LossFn",
+    "MetaGradMode",
+    "MetaGradResult",
+    "frame_adam_step",
+    "inner_gradient",
+    "make_loss_fn",
+    "meta_gradient",
+    "rng_scope",
+    "sgd_step",
+]
+
+MetaGradMode = Literal["exact", "finite-diff", "first-order"]
+FDScheme = Literal["central", "forward"]
+#: ``loss_fn(params, video)``: params a dict name → tensor, video ``(B, T, 3, H, W)``; a scalar.
+LossFn = Callable[[dict[str, Tensor], Tensor], Tensor]
+
+
+@dataclass
+class InnerGrad:
+    """Gradients of the inner loss L_c(Θ; ε) at one Θ and ε, from one forward-backward.
+
+    Attributes:
+        params: ∇_Θ L_c(Θ; ε), a dict like ``params`` (zeros for unused parameters).
+        frames: ∇_ε L_c(Θ; ε) ``(B, U, 3, H, W)``, or ``None`` when not asked for.
+        loss: L_c(Θ; ε), detached scalar.
+    """
+
+    params: dict[str, Tensor]
+    frames: Tensor | None
+    loss: Tensor
+
+
+@dataclass
+class MetaGradResult:
+    """The meta-gradient of one batch.
+
+    Attributes:
+        grad: ∇_ε L_c(Θ''(ε); V^R) ``(B, U, 3, H, W)``, detached (``first-order``: the surrogate).
+        outer_loss: L_c(Θ''; V^R), detached scalar.
+        inner_loss: L_c(Θ; ε), detached scalar.
+        stats: detached 0-d tensors for logging: ``v_norm`` (‖v‖), ``step_norm`` (α‖∇_Θ L‖),
+            ``grad_norm`` (‖grad‖) and, for ``finite-diff``, ``xi``.
+    """
+
+    grad: Tensor
+    outer_loss: Tensor
+    inner_loss: Tensor
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def rng_scope(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run a block with the global RNG of ``device`` (and the CPU) seeded, then restore it.
+
+    ``None`` does nothing. Passes run in ``rng_scope(s)`` with the same ``s`` draw the same
+    dropout masks wherever the shapes agree, and the caller's random stream is left untouched.
+    """
+    if seed is None:
+        yield
+        return
+    device = torch.device(device)
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _sum_sq(tensors) -> Tensor:
+    return torch.stack([t.detach().double().pow(2).sum() for t in tensors]).sum()
+
+
+def _leaves(params: dict[str, Tensor]) -> dict[str, Tensor]:
+    # detach() shares storage without copying; the caller's tensors are never written to.
+    return {name: p.detach().requires_grad_(True) for name, p in params.items()}
+
+
+def _grads(loss: Tensor, inputs: list[Tensor], **kw) -> list[Tensor]:
+    """``autograd.grad`` with zeros (not ``None``) for inputs the loss does not use."""
+    out = torch.autograd.grad(loss, inputs, allow_unused=True, **kw)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, out, strict=True)]
+
+
+def sgd_step(params: dict[str, Tensor], grads: dict[str, Tensor], alpha: float
+             ) -> dict[str, Tensor]:
+    """Θ − α g, out of place (differentiable when the gradients are)."""
+    return {name: p - alpha * grads[name] for name, p in params.items()}
+
+
+def inner_gradient(
+    loss_fn: LossFn,
+    params: dict[str, Tensor],
+    frames: Tensor,
+    *,
+    frames_grad: bool = True,
+    seed: int | None = None,
+) -> InnerGrad:
+    """∇_Θ and ∇_ε of L_c(Θ; ε) from one forward-backward (no graph kept).
+
+    The model-level step computes exactly this pass; a trainer that evaluates it at the Θ the
+    frame-level step starts from can hand it to :func:`meta_gradient` as ``shared_inner_grad``.
+
+    Args:
+        loss_fn: the loss as a function of a parameter dict and a video batch.
+        params: Θ, name → tensor.
+        frames: ε ``(B, U, 3, H, W)``.
+        frames_grad: also return ∇_ε (a backward to the input costs little more).
+        seed: dropout seed (see :func:`rng_scope`).
+    """
+    theta = _leaves(params)
+    eps = frames.detach().requires_grad_(frames_grad)
+    with rng_scope(seed, frames.device):
+        loss = loss_fn(theta, eps)
+    inputs = list(theta.values()) + ([eps] if frames_grad else [])
+    grads = _grads(loss, inputs)
+    names = list(theta)
+    return InnerGrad(dict(zip(names, grads[: len(names)], strict=True)),
+                     grads[-1] if frames_grad else None, loss.detach())
+
+
+def _frames_grad(loss_fn: LossFn, params: dict[str, Tensor], frames: Tensor, seed: int | None
+                 ) -> Tensor:
+    """∇_ε L_c(params; ε) with the parameters held constant."""
+    eps = frames.detach().requires_grad_(True)
+    with rng_scope(seed, frames.device):
+        loss = loss_fn({k: p.detach() for k, p in params.items()}, eps)
+    return _grads(loss, [eps])[0]
+
+
+def _outer(loss_fn: LossFn, params: dict[str, Tensor], frames_r: Tensor, seed: int | None
+           ) -> tuple[Tensor, dict[str, Tensor]]:
+    """L_c(Θ''; V^R) and v = ∇_Θ'' of it, Θ'' taken as constant leaves."""
+    theta2 = _leaves(params)
+    with rng_scope(None if seed is None else seed + 1, frames_r.device):
+        loss = loss_fn(theta2, frames_r)
+    return loss.detach(), dict(zip(theta2, _grads(loss, list(theta2.values())), strict=True))
+
+
+def _exact(loss_fn, params, frames_u, frames_r, alpha, seed) -> MetaGradResult:
+    theta = _leaves(params)
+    eps = frames_u.detach().requires_grad_(True)
+    with rng_scope(seed, frames_u.device):
+        inner = loss_fn(theta, eps)
+    try:
+        g = torch.autograd.grad(inner, list(theta.values()), create_graph=True,
+                                allow_unused=True)
+    except RuntimeError as err:
+        raise RuntimeError(f"{err}\nThe exact meta-gradient needs double backward: select the "
+                           "math attention path (model.set_attention('math')) or use "
+                           "mode='finite-diff'.") from err
+    g = dict(zip(theta, g, strict=True))
+    theta2 = {k: p.detach() - alpha * (g[k].detach() if g[k] is not None else 0) for k, p in
+              theta.items()}
+    outer_loss, v = _outer(loss_fn, theta2, frames_r, seed)
+    # Only gradients that still depend on ε carry the mixed derivative.
+    live = [k for k in theta if g[k] is not None and g[k].requires_grad]
+    grad = None
+    if live:
+        try:
+            (grad,) = torch.autograd.grad([g[k] for k in live], [eps],
+                                          grad_outputs=[-alpha * v[k] for k in live],
+                                          allow_unused=True)
+        except RuntimeError as err:
+            raise RuntimeError(f"{err}\nThe exact meta-gradient needs double backward: select "
+                               "the math attention path (model.set_attention('math')) or use "
+                               "mode='finite-diff'.") from err
+    grad = torch.zeros_like(eps) if grad is None else grad
+    step_sq = _sum_sq([x for x in g.values() if x is not None]) * alpha**2
+    return MetaGradResult(grad.detach(), outer_loss, inner.detach(),
+                          {"v_norm": _sum_sq(v.values()).sqrt(), "step_norm": step_sq.sqrt()})
+
+
+def _finite_diff(loss_fn, params, frames_u, frames_r, alpha, fd_step, fd_scheme, shared, seed
+                 ) -> MetaGradResult:
+    forward = fd_scheme == "forward"
+    if shared is None:
+        shared = inner_gradient(loss_fn, params, frames_u, frames_grad=forward, seed=seed)
+    elif forward and shared.frames is None:
+        raise ValueError("fd_scheme='forward' needs shared_inner_grad.frames (∇_ε at Θ)")
+    with torch.no_grad():
+        theta2 = sgd_step({k: p.detach() for k, p in params.items()}, shared.params, alpha)
+    outer_loss, v = _outer(loss_fn, theta2, frames_r, seed)
+    v_norm = _sum_sq(v.values()).sqrt()
+    stats = {"v_norm": v_norm, "step_norm": _sum_sq(shared.params.values()).sqrt() * alpha}
+    if v_norm.item() == 0.0:  # Θ'' is stationary on V^R: no direction to differentiate along
+        grad = torch.zeros_like(frames_u)
+        stats["xi"] = torch.zeros((), dtype=torch.float64)
+        return MetaGradResult(grad, outer_loss, shared.loss, stats)
+    xi = fd_step / v_norm.item()
+    stats["xi"] = torch.tensor(xi, dtype=torch.float64)
+    with torch.no_grad():
+        plus = {k: p.detach() + xi * v[k] for k, p in params.items()}
+    g_plus = _frames_grad(loss_fn, plus, frames_u, seed)
+    del plus
+    if forward:
+        grad = (g_plus - shared.frames) * (-alpha / xi)
+    else:
+        with torch.no_grad():
+            minus = {k: p.detach() - xi * v[k] for k, p in params.items()}
+        grad = (g_plus - _frames_grad(loss_fn, minus, frames_u, seed)) * (-alpha / (2 * xi))
+    return MetaGradResult(grad.detach(), outer_loss, shared.loss, stats)
+
+
+def _first_order(loss_fn, params, frames_u, frames_r, alpha, shared, seed) -> MetaGradResult:
+    if shared is None:
+        shared = inner_gradient(loss_fn, params, frames_u, frames_grad=False, seed=seed)
+    with torch.no_grad():
+        theta2 = sgd_step({k: p.detach() for k, p in params.items()}, shared.params, alpha)
+        with rng_scope(None if seed is None else seed + 1, frames_r.device):
+            outer_loss = loss_fn(theta2, frames_r).detach()
+    grad = _frames_grad(loss_fn, theta2, frames_u, seed)
+    stats = {"step_norm": _sum_sq(shared.params.values()).sqrt() * alpha}
+    return MetaGradResult(grad.detach(), outer_loss, shared.loss, stats)
+
+
+def meta_gradient(
+    loss_fn: LossFn,
+    params: dict[str, Tensor],
+    frames_u: Tensor,
+    frames_r: Tensor,
+    alpha: float,
+    mode: MetaGradMode = "exact",
+    *,
+    fd_step: float = 1e-3,
+    fd_scheme: FDScheme = "central",
+    shared_inner_grad: InnerGrad | None = None,
+    seed: int | None = None,
+) -> MetaGradResult:
+    """∇_ε L_c(Θ''(ε); V^R) with Θ'' = Θ − α ∇_Θ L_c(Θ; ε) (Eqs. 10-11).
+
+    Args:
+        loss_fn: the contrastive loss of the batch as a function of a parameter dict and a
+            video ``(B, T, 3, H, W)``; the text batch is fixed inside it (see
+            :func:`make_loss_fn`). It must not modify its arguments.
+        params: Θ, the trainable parameters (name → tensor), e.g.
+            ``{n: p for n, p in model.named_parameters() if p.requires_grad}``. Never
+            modified; no ``.grad`` is written.
+        frames_u: ε, the learnable frames ``(B, U, 3, H, W)``.
+        frames_r: V^R, the regular frames ``(B, R, 3, H, W)``.
+        alpha: the inner learning rate α of the temporary SGD step.
+        mode: ``exact``, ``finite-diff`` or ``first-order`` (ablation), see the module doc.
+        fd_step: ‖ξv‖, the length of the finite-difference step in parameter space
+            (ξ = fd_step / ‖v‖). 1e-3 suits float32; under bf16 use ≥ 1e-2.
+        fd_scheme: ``central`` (two ε-gradients) or ``forward`` (one, plus ∇_ε at Θ).
+        shared_inner_grad: ∇_Θ (and, for ``forward``, ∇_ε) of L_c(Θ; ε) already computed at
+            exactly these ``params`` and ``frames_u`` (and under the same ``seed``), e.g. by
+            the model-level pass; saves the inner pass. Not used by ``exact``.
+        seed: dropout seed; every pass on ``frames_u`` runs under ``rng_scope(seed)``, the
+            pass on ``frames_r`` under ``rng_scope(seed + 1)``. ``None``: the global stream
+            (fine for models without dropout or in eval mode).
+
+    Returns:
+        :class:`MetaGradResult`; ``grad`` has the shape, dtype and device of ``frames_u``.
+
+    Raises:
+        ValueError: unknown mode or scheme, bad ``fd_step``, mismatched batch sizes.
+        RuntimeError: ``exact`` through a kernel without double backward (the message says
+            which attention path to select).
+    """
+    problems = []
+    if mode not in ("exact", "finite-diff", "first-order"):
+        problems.append(f"mode must be exact, finite-diff or first-order, got {mode!r}")
+    if fd_scheme not in ("central", "forward"):
+        problems.append(f"fd_scheme must be central or forward, got {fd_scheme!r}")
+    if not (fd_step > 0 and math.isfinite(fd_step)):
+        problems.append(f"fd_step must be positive, got {fd_step!r}")
+    if frames_u.dim() != 5 or frames_r.dim() != 5 or frames_u.shape[0] != frames_r.shape[0]:
+        problems.append(f"frames_u {tuple(frames_u.shape)} and frames_r "
+                        f"{tuple(frames_r.shape)} must be (B, T, 3, H, W) with the same B")
+    if problems:
+        raise ValueError("meta_gradient: " + "; ".join(problems))
+    if mode == "exact":
+        result = _exact(loss_fn, params, frames_u, frames_r, alpha, seed)
+    elif mode == "finite-diff":
+        result = _finite_diff(loss_fn, params, frames_u, frames_r, alpha, fd_step, fd_scheme,
+                              shared_inner_grad, seed)
+    else:
+        result = _first_order(loss_fn, params, frames_u, frames_r, alpha, shared_inner_grad,
+                              seed)
+    result.stats["grad_norm"] = _sum_sq([result.grad]).sqrt()
+    return result
+
+
+@torch.no_grad()
+def frame_adam_step(
+    frames: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One Adam step on each video's frames, with a per-video step count.
+
+    Every video is its own parameter: its bias corrections use its own ``step``, so videos
+    seen a different number of times are updated exactly as ``torch.optim.Adam`` would update
+    them one by one. Out of place; inputs are not modified.
+
+    Args:
+        frames: ε ``(B, U, 3, H, W)``.
+        grad: the meta-gradient ``(B, U, 3, H, W)``.
+        exp_avg: first moment ``(B, U, 3, H, W)``.
+        exp_avg_sq: second moment ``(B, U, 3, H, W)``.
+        step: int ``(B,)`` steps taken so far by each video.
+        lr: β, the frame learning rate (the paper: 8e-4).
+        betas: Adam's (β1, β2) (the authors' trainer uses (0.5, 0.999)).
+        eps: added to the denominator.
+
+    Returns:
+        ``(frames, exp_avg, exp_avg_sq, step)`` after the step, same shapes.
+    """
+    if not (frames.shape == grad.shape == exp_avg.shape == exp_avg_sq.shape):
+        raise ValueError(f"shapes differ: frames {tuple(frames.shape)}, grad {tuple(grad.shape)}"
+                         f", exp_avg {tuple(exp_avg.shape)}, exp_avg_sq {tuple(exp_avg_sq.shape)}")
+    if step.shape != frames.shape[:1]:
+        raise ValueError(f"step must be ({frames.shape[0]},), got {tuple(step.shape)}")
+    beta1, beta2 = betas
+    step = step + 1
+    exp_avg = exp_avg.lerp(grad, 1 - beta1)
+    exp_avg_sq = exp_avg_sq * beta2 + grad * grad * (1 - beta2)
+    # Bias corrections in float64 per row, as torch.optim.Adam computes them in Python floats.
+    count = step.to(torch.float64)
+    view = (-1,) + (1,) * (frames.dim() - 1)
+    step_size = (lr / (1 - beta1**count)).to(frames.dtype).view(view)
+    bc2_sqrt = (1 - beta2**count).sqrt().to(frames.dtype).view(view)
+    denom = exp_avg_sq.sqrt() / bc2_sqrt + eps
+    return frames - step_size * exp_avg / denom, exp_avg, exp_avg_sq, step
+
+
+def make_loss_fn(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    criterion: Callable[[Tensor], Tensor],
+    video_mask: Tensor | None = None,
+) -> LossFn:
+    """The batch loss as a pure function of (params, video), for :func:`meta_gradient`.
+
+    ``criterion`` maps the model's ``(B, B)`` logits to the scalar loss (e.g.
+    ``lambda logits: contrastive_loss(logits, model.loss_reduction)``). Buffers are copied on
+    every call so that batch-norm running statistics of the module are not updated by the
+    extra passes of the frame-level step.
+    """
+
+    def loss_fn(params: dict[str, Tensor], video: Tensor) -> Tensor:
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
+        logits = torch.func.functional_call(
+            model, {**buffers, **params}, (video, input_ids, attention_mask, video_mask)
+        )
+        return criterion(logits)
+
+    return loss_fn
