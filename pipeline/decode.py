@@ -87,8 +87,8 @@ def resized_shape(width: int, height: int, size: int) -> tuple[int, int]:
     """Size ``(w, h)`` of a frame whose short side is resized to ``size`` (aspect kept).
 
     The long side is rounded to an even number of pixels: swscale's vectorised paths need an
-    even output width (an odd one costs twice the time) and the aspect changes by at most one
-    pixel, which the centre crop then removes anyway.
+    even output width (an odd one costs twice the time); the aspect changes by at most one
+    pixel, most of which the centre crop removes anyway.
 
     Args:
         width: source width, pixels.

@@ -9,7 +9,7 @@ How one video is decoded (see :func:`decode_pyav`):
 2. **Plan** (:func:`plan_groups`): pick the target frames with
    :func:`pipeline.sampling.segment_midpoints` and, for each, the keyframe its group of
    pictures (GOP) starts at. GOPs without a target are never decoded.
-3. **Decode** (:func:`_decode_planned`): feed the packets of the needed GOPs to the decoder,
+3. **Decode** (:func:`decode_planned`): feed the packets of the needed GOPs to the decoder,
    jumping over the others (a flush of the decoder stands in for a seek). Packets that hold no
    target are fed with ``skip_frame=NONREF``, so non-reference pictures (most B-frames) are
    not even decoded; frames are matched to targets by timestamp, which makes B-frame reordering
@@ -41,7 +41,9 @@ from pipeline.sampling import segment_midpoints
 __all__ = [
     "VideoIndex",
     "decode_packet",
+    "decode_planned",
     "decode_pyav",
+    "decode_sequential",
     "frame_to_rgb",
     "index_video",
     "open_video",
@@ -216,18 +218,17 @@ def frame_to_rgb(frame: av.VideoFrame, size: int) -> np.ndarray:
         uint8 ``(S, S, 3)`` RGB.
     """
     w, h = resized_shape(frame.width, frame.height, size)
-    # RGBA, not RGB24: swscale has vectorised scalers to 32-bit pixels only (2-3x faster).
-    rgba = _REFORMATTER.reformat(
+    rgb = _REFORMATTER.reformat(
         frame,
         width=w,
         height=h,
-        format="rgba",
+        format="rgb24",
         interpolation="AREA",
         src_color_range=frame.color_range or None,
         threads=1,
     ).to_ndarray()
     y0, x0 = (h - size) // 2, (w - size) // 2
-    crop = rgba[y0 : y0 + size, x0 : x0 + size, :3]
+    crop = rgb[y0 : y0 + size, x0 : x0 + size]
     # The display matrix rotates counter-clockwise by `rotation` degrees; so does rot90.
     quarter_turns = round(frame.rotation / 90) % 4
     if quarter_turns:
@@ -250,13 +251,21 @@ def decode_packet(cc: av.CodecContext, packet: av.Packet | None) -> list[av.Vide
         return []
 
 
-def _decode_planned(
+def decode_planned(
     cc: av.CodecContext, index: VideoIndex, targets: list[int], size: int
 ) -> tuple[dict[int, np.ndarray], int, av.VideoFrame | None]:
     """Decode only the GOPs that hold a target; return converted frames keyed by timestamp.
 
+    Args:
+        cc: the stream's decoder.
+        index: the video's index (``frame_pts`` must not be ``None``).
+        targets: target frame indices (presentation order).
+        size: S, output side in pixels.
+
     Returns:
-        ``(frames by pts, frames decoded, one decoded frame for its properties or None)``.
+        ``(frames, decoded, sample)``: uint8 ``(S, S, 3)`` frames keyed by the timestamp of
+        each target that came out of the decoder, the number of frames decoded, and one
+        decoded target frame (for its properties) or ``None``.
     """
     assert index.frame_pts is not None
     wanted = {index.frame_pts[t] for t in targets}
@@ -269,9 +278,8 @@ def _decode_planned(
             cc.flush_buffers()
             pos = start
         while not group <= out.keys() and pos <= len(packets):
-            packet = (
-                packets[pos] if pos < len(packets) else None
-            )  # None drains the decoder
+            # Past the last packet, None drains the frames the decoder still holds.
+            packet = packets[pos] if pos < len(packets) else None
             pos += 1
             if packet is not None:
                 cc.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
@@ -283,7 +291,7 @@ def _decode_planned(
     return out, decoded, sample
 
 
-def _decode_sequential(
+def decode_sequential(
     cc: av.CodecContext, packets: list[av.Packet], n: int, r: int, size: int
 ) -> tuple[list[np.ndarray], list[int], int, av.VideoFrame | None]:
     """Decode every packet in order; frames are numbered as the decoder returns them.
@@ -291,8 +299,19 @@ def _decode_sequential(
     ``n`` is the expected frame count; when the decoder returns another count, the targets are
     re-chosen for the true count and the stream is decoded once more.
 
+    Args:
+        cc: the stream's decoder.
+        packets: every packet of the stream, in decode order.
+        n: expected number of frames.
+        r: R, frames to return.
+        size: S, output side in pixels.
+
     Returns:
-        ``(frames, indices, frames decoded, one decoded frame or None)``.
+        ``(frames, indices, count, sample)``: ``r`` uint8 ``(S, S, 3)`` frames, their indices,
+        the number of frames the decoder returned, and one decoded target frame.
+
+    Raises:
+        DecodeError: no packet decodes to a frame.
     """
     for _ in range(2):
         indices = segment_midpoints(n, r)
@@ -338,7 +357,7 @@ def decode_pyav(path: Path, num_frames: int, size: int) -> DecodedVideo:
         frames, sample = None, None
         if index.frame_pts is not None:
             indices = segment_midpoints(n, num_frames)
-            by_pts, decoded, sample = _decode_planned(cc, index, indices, size)
+            by_pts, decoded, sample = decode_planned(cc, index, indices, size)
             if len(by_pts) == len(set(indices)):
                 frames = [by_pts[index.frame_pts[i]] for i in indices]
             else:
@@ -346,7 +365,7 @@ def decode_pyav(path: Path, num_frames: int, size: int) -> DecodedVideo:
                     "%s: planned decode missed targets; decoding sequentially", path
                 )
         if frames is None:
-            frames, indices, n, sample = _decode_sequential(
+            frames, indices, n, sample = decode_sequential(
                 cc, index.packets, n, num_frames, size
             )
             decoded = n
