@@ -112,6 +112,41 @@ def inspect(shards: tuple[str, ...], sheet: str | None, samples: int, max_frames
 # --- eval ----------------------------------------------------------------------------------
 
 
+@main.command("eval")
+@click.option("--checkpoint", type=click.Path(exists=True),
+              help="Run directory (checkpoints/best, else last), checkpoint or model directory.")
+@click.option("--shards", required=True,
+              help="Test shards: a shard directory, index.json, brace/glob pattern or .tar file.")
+@click.option("--frames", type=int, help="U uniform frames per video [default: the run's U, "
+              "else the model's max_frames].")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Directory for metrics.json [default: the --checkpoint directory].")
+@click.option("--batch-size", default=16, show_default=True, help="Videos per encoder batch.")
+@click.option("--model", help="Registered model name; without --checkpoint it is evaluated "
+              "randomly initialised (the chance-level floor).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="auto: CUDA (bf16 autocast) when available, else CPU.")
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of the random initialisation (with --model and no --checkpoint).")
+@click.option("--convention", default="pessimistic", show_default=True,
+              type=click.Choice(["pessimistic", "average", "optimistic", "frozen", "clip4clip"]),
+              help="Tie and median rules of the printed metrics (all go to metrics.json).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_(quiet: bool, **options: object) -> None:
+    """Encode the test shards with U uniform frames, rank, print and write metrics.json."""
+    from mof.evaluate import EvalConfig, evaluate, format_report
+
+    try:
+        config = EvalConfig(progress=not quiet, **options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        report = evaluate(config)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_report(report))
+
+
 # --- train / export-frames -----------------------------------------------------------------
 
 
