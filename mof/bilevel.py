@@ -111,8 +111,13 @@ def rng_scope(seed: int | None, device: torch.device | str = "cpu") -> Iterator[
         yield
 
 
-def _sum_sq(tensors) -> Tensor:
-    return torch.stack([t.detach().double().pow(2).sum() for t in tensors]).sum()
+def _norm(tensors) -> Tensor:
+    """The L2 norm of a list of tensors taken as one vector (0-d; float32 for half inputs)."""
+    # Accumulate half-precision tensors in float32 without materialising a float32 copy.
+    norms = [torch.linalg.vector_norm(
+        t.detach(), dtype=torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None)
+        for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
 def _leaves(params: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -181,7 +186,12 @@ def _outer(loss_fn: LossFn, params: dict[str, Tensor], frames_r: Tensor, seed: i
     return loss.detach(), dict(zip(theta2, _grads(loss, list(theta2.values())), strict=True))
 
 
-def _exact(loss_fn, params, frames_u, frames_r, alpha, seed) -> MetaGradResult:
+_DOUBLE_BACKWARD_HINT = ("\nThe exact meta-gradient needs double backward: select the math "
+                         "attention path (model.set_attention('math')) or use mode='finite-diff'.")
+
+
+def _inner_graph(loss_fn, params, frames_u, seed):
+    """L_c(Θ; ε) and ∇_Θ of it with the graph kept (differentiable in ε)."""
     theta = _leaves(params)
     eps = frames_u.detach().requires_grad_(True)
     with rng_scope(seed, frames_u.device):
@@ -190,15 +200,27 @@ def _exact(loss_fn, params, frames_u, frames_r, alpha, seed) -> MetaGradResult:
         g = torch.autograd.grad(inner, list(theta.values()), create_graph=True,
                                 allow_unused=True)
     except RuntimeError as err:
-        raise RuntimeError(f"{err}\nThe exact meta-gradient needs double backward: select the "
-                           "math attention path (model.set_attention('math')) or use "
-                           "mode='finite-diff'.") from err
-    g = dict(zip(theta, g, strict=True))
-    theta2 = {k: p.detach() - alpha * (g[k].detach() if g[k] is not None else 0) for k, p in
-              theta.items()}
+        raise RuntimeError(f"{err}{_DOUBLE_BACKWARD_HINT}") from err
+    return eps, inner.detach(), dict(zip(theta, g, strict=True))
+
+
+def _exact(loss_fn, params, frames_u, frames_r, alpha, shared, seed) -> MetaGradResult:
+    if shared is None:
+        # One VJP through the unrolled step; the inner graph is held during the outer pass.
+        eps, inner_loss, g = _inner_graph(loss_fn, params, frames_u, seed)
+        step = {k: torch.zeros_like(p) if g[k] is None else g[k].detach()
+                for k, p in params.items()}
+    else:
+        step = shared.params
+    with torch.no_grad():
+        theta2 = sgd_step({k: p.detach() for k, p in params.items()}, step, alpha)
     outer_loss, v = _outer(loss_fn, theta2, frames_r, seed)
+    if shared is not None:
+        # Outer pass first, inner graph built after it: the two graphs never coexist, so the
+        # peak memory stays near one double-backward pass on U frames.
+        eps, inner_loss, g = _inner_graph(loss_fn, params, frames_u, seed)
     # Only gradients that still depend on ε carry the mixed derivative.
-    live = [k for k in theta if g[k] is not None and g[k].requires_grad]
+    live = [k for k in g if g[k] is not None and g[k].requires_grad]
     grad = None
     if live:
         try:
@@ -206,13 +228,10 @@ def _exact(loss_fn, params, frames_u, frames_r, alpha, seed) -> MetaGradResult:
                                           grad_outputs=[-alpha * v[k] for k in live],
                                           allow_unused=True)
         except RuntimeError as err:
-            raise RuntimeError(f"{err}\nThe exact meta-gradient needs double backward: select "
-                               "the math attention path (model.set_attention('math')) or use "
-                               "mode='finite-diff'.") from err
+            raise RuntimeError(f"{err}{_DOUBLE_BACKWARD_HINT}") from err
     grad = torch.zeros_like(eps) if grad is None else grad
-    step_sq = _sum_sq([x for x in g.values() if x is not None]) * alpha**2
-    return MetaGradResult(grad.detach(), outer_loss, inner.detach(),
-                          {"v_norm": _sum_sq(v.values()).sqrt(), "step_norm": step_sq.sqrt()})
+    stats = {"v_norm": _norm(v.values()), "step_norm": _norm(step.values()) * alpha}
+    return MetaGradResult(grad.detach(), outer_loss, inner_loss, stats)
 
 
 def _finite_diff(loss_fn, params, frames_u, frames_r, alpha, fd_step, fd_scheme, shared, seed
@@ -225,8 +244,8 @@ def _finite_diff(loss_fn, params, frames_u, frames_r, alpha, fd_step, fd_scheme,
     with torch.no_grad():
         theta2 = sgd_step({k: p.detach() for k, p in params.items()}, shared.params, alpha)
     outer_loss, v = _outer(loss_fn, theta2, frames_r, seed)
-    v_norm = _sum_sq(v.values()).sqrt()
-    stats = {"v_norm": v_norm, "step_norm": _sum_sq(shared.params.values()).sqrt() * alpha}
+    v_norm = _norm(v.values())
+    stats = {"v_norm": v_norm, "step_norm": _norm(shared.params.values()) * alpha}
     if v_norm.item() == 0.0:  # Θ'' is stationary on V^R: no direction to differentiate along
         grad = torch.zeros_like(frames_u)
         stats["xi"] = torch.zeros((), dtype=torch.float64)
@@ -254,7 +273,7 @@ def _first_order(loss_fn, params, frames_u, frames_r, alpha, shared, seed) -> Me
         with rng_scope(None if seed is None else seed + 1, frames_r.device):
             outer_loss = loss_fn(theta2, frames_r).detach()
     grad = _frames_grad(loss_fn, theta2, frames_u, seed)
-    stats = {"step_norm": _sum_sq(shared.params.values()).sqrt() * alpha}
+    stats = {"step_norm": _norm(shared.params.values()) * alpha}
     return MetaGradResult(grad.detach(), outer_loss, shared.loss, stats)
 
 
@@ -289,7 +308,8 @@ def meta_gradient(
         fd_scheme: ``central`` (two ε-gradients) or ``forward`` (one, plus ∇_ε at Θ).
         shared_inner_grad: ∇_Θ (and, for ``forward``, ∇_ε) of L_c(Θ; ε) already computed at
             exactly these ``params`` and ``frames_u`` (and under the same ``seed``), e.g. by
-            the model-level pass; saves the inner pass. Not used by ``exact``.
+            the model-level pass; saves the inner pass. ``exact`` then runs the outer pass
+            first and builds the inner graph after it, which lowers its peak memory.
         seed: dropout seed; every pass on ``frames_u`` runs under ``rng_scope(seed)``, the
             pass on ``frames_r`` under ``rng_scope(seed + 1)``. ``None``: the global stream
             (fine for models without dropout or in eval mode).
@@ -315,14 +335,14 @@ def meta_gradient(
     if problems:
         raise ValueError("meta_gradient: " + "; ".join(problems))
     if mode == "exact":
-        result = _exact(loss_fn, params, frames_u, frames_r, alpha, seed)
+        result = _exact(loss_fn, params, frames_u, frames_r, alpha, shared_inner_grad, seed)
     elif mode == "finite-diff":
         result = _finite_diff(loss_fn, params, frames_u, frames_r, alpha, fd_step, fd_scheme,
                               shared_inner_grad, seed)
     else:
         result = _first_order(loss_fn, params, frames_u, frames_r, alpha, shared_inner_grad,
                               seed)
-    result.stats["grad_norm"] = _sum_sq([result.grad]).sqrt()
+    result.stats["grad_norm"] = _norm([result.grad])
     return result
 
 

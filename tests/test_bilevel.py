@@ -114,6 +114,11 @@ def test_shared_inner_grad_gives_the_same_result():
         reused = meta_gradient(loss_fn, params, frames_u, frames_r, ALPHA, "finite-diff",
                                fd_scheme=scheme, shared_inner_grad=shared)
         torch.testing.assert_close(reused.grad, own.grad, rtol=1e-10, atol=0)
+    exact = meta_gradient(loss_fn, params, frames_u, frames_r, ALPHA, "exact")
+    reordered = meta_gradient(loss_fn, params, frames_u, frames_r, ALPHA, "exact",
+                              shared_inner_grad=shared)
+    torch.testing.assert_close(reordered.grad, exact.grad, rtol=1e-10, atol=0)
+    assert reordered.outer_loss.item() == pytest.approx(exact.outer_loss.item(), rel=1e-12)
     shared.frames = None
     with pytest.raises(ValueError, match="forward"):
         meta_gradient(loss_fn, params, frames_u, frames_r, ALPHA, "finite-diff",
