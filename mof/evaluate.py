@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,6 @@ class EvalResult:
     split: str
     device: str
     autocast: str | None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": EVAL_FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -261,14 +260,13 @@ def _count_videos(shards: list[str]) -> int | None:
 
 
 def _encode_videos(model, shards, frames, batch_size, device, autocast, progress):
-    """Encode every video; returns embeddings ``(V, D)`` float32, captions, keys and stats."""
+    """Encode every video: embeddings ``(V, D)`` float32, captions per video, and stats."""
     from pipeline.reader import ShardDataset
     from pipeline.sampling import uniform_subset
 
-    contract = model.contract
-    embeddings, batch, captions, keys, seen = [], [], [], [], set()
-    stats = {"read_s": 0.0, "encode_video_s": 0.0, "stored": set(), "datasets": set(),
-             "splits": set()}
+    embeddings, batch, captions, seen = [], [], [], set()
+    stats: dict[str, Any] = {"read_s": 0.0, "encode_video_s": 0.0, "stored": set(),
+                             "datasets": set(), "splits": set()}
 
     def flush() -> None:
         start = time.perf_counter()
@@ -282,20 +280,18 @@ def _encode_videos(model, shards, frames, batch_size, device, autocast, progress
     start = time.perf_counter()
     # rank/world_size fixed: an evaluation reads every shard even inside a DDP job.
     for sample in ShardDataset(shards, shuffle=0, rank=0, world_size=1):
-        key, meta = sample["key"], sample["meta"]
+        key, meta, stored = sample["key"], sample["meta"], sample["frames"].shape[0]
         if key in seen:
             raise ValueError(f"video {key!r} appears twice in the shards")
         if not meta.get("captions"):
             raise ValueError(f"video {key!r} has no caption: nothing to query it with")
         seen.add(key)
-        keys.append(key)
         captions.append(list(meta["captions"]))
-        stored = sample["frames"].shape[0]
-        stats["stored"].add(stored)
-        stats["datasets"].add(str(meta.get("dataset", "")))
-        stats["splits"].add(str(meta.get("split", "")))
-        batch.append(to_model_input(sample["frames"], contract, uniform_subset(stored, frames),
-                                    device))
+        for name, value in (("stored", stored), ("datasets", meta.get("dataset", "")),
+                            ("splits", meta.get("split", ""))):
+            stats[name].add(value)
+        batch.append(to_model_input(sample["frames"], model.contract,
+                                    uniform_subset(stored, frames), device))
         stats["read_s"] += time.perf_counter() - start
         if len(batch) == batch_size:
             flush()
@@ -304,9 +300,9 @@ def _encode_videos(model, shards, frames, batch_size, device, autocast, progress
     if batch:
         flush()
     bar.close()
-    if not keys:
+    if not captions:
         raise ValueError(f"no video in the shards {shards[:3]}")
-    return torch.cat(embeddings), captions, keys, stats
+    return torch.cat(embeddings), captions, stats
 
 
 def _encode_texts(model, texts, batch_size, device, autocast, progress):
@@ -348,6 +344,7 @@ def evaluate_model(
             caption, no videos, or a NaN similarity (naming the query).
     """
     from pipeline.reader import resolve_shards
+    from pipeline.sampling import uniform_subset
 
     if not 1 <= frames <= model.contract.max_frames:
         raise ValueError(f"--frames {frames}: the model takes 1..{model.contract.max_frames}")
@@ -356,7 +353,7 @@ def evaluate_model(
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     with _eval_mode(model), torch.inference_mode():
-        video_emb, captions, _, stats = _encode_videos(
+        video_emb, captions, stats = _encode_videos(
             model, shard_list, frames, batch_size, device, autocast, progress)
         texts = [c for caps in captions for c in caps]
         q2v = torch.tensor([v for v, caps in enumerate(captions) for _ in caps], device=device)
@@ -371,8 +368,6 @@ def evaluate_model(
               "rank_s": rank_s, "read_s": stats["read_s"]}
     timing["test_time_s"] = timing["encode_video_s"] + text_s + rank_s
     stored = sorted(stats["stored"])
-    from pipeline.sampling import uniform_subset
-
     return EvalResult(
         metrics=by_convention[convention], by_convention=by_convention, convention=convention,
         timing=timing,
