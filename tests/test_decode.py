@@ -279,6 +279,20 @@ def test_truncated_streamable_file_decodes_what_is_there(videos):
     np.testing.assert_array_equal(video.frames, frames)
 
 
+def test_damaged_packets_fall_back_to_counting_decoded_frames(videos, tmp_path):
+    """Garbage in the middle of the data: the frames that decode are numbered as decoded."""
+    data = bytearray(videos["h264"].read_bytes())
+    third = len(data) // 3
+    data[third : 2 * third] = np.random.default_rng(0).bytes(third)
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    video = decode_video(damaged, R, S)
+    frames, indices, n = _reference(damaged, R, S)
+    assert 0 < n < 90  # some packets no longer decode
+    assert video.num_frames == n and video.indices == indices
+    np.testing.assert_array_equal(video.frames, frames)
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 BAD_INPUT_ERRORS = {
