@@ -1,0 +1,416 @@
+"""``mof-cli export-frames``: the learned frames of a MOF run as images, beside what they started from.
+
+For each chosen training video the exporter writes, under ``OUT/<video id>/``:
+
+- ``regular/NN.png``: the R regular frames, the stored shard frames at the segment midpoints
+  (training draws one frame at random inside each segment; all of them when R equals the stored
+  count), resized to the store's ``H x W`` exactly as the trainer prepares them;
+- ``uniform/NN.png``: the U uniform frames the store was initialised with (segment midpoints
+  of the stored frames, :func:`pipeline.sampling.uniform_subset`);
+- ``mof/NN.png``: the U learned frames, read from ``mof.zarr`` and de-normalised with the
+  store's mean/std (``pixel = clip(round(255 (x · std + mean)), 0, 255)``);
+- ``grid.png``: the paper's Fig. 7 layout, one labelled row each for "regular (R)", "uniform
+  init (U)" and "MOF (U)" (plus the attention rows with ``--attention``), wrapped at
+  ``columns`` frames, and a caption;
+- ``mof.mp4`` (``--mp4``): the MOF frames as H.264 at ``fps`` frames per second;
+- ``attention/{uniform,mof}_NN.png`` and ``attention.npz`` (``--attention``, Frozen models):
+  the first block's text-to-patch attention (:mod:`mof.attention_overlay` defines it) for the
+  video's first caption, computed with the run's latest checkpoint (``checkpoints/last``).
+
+``OUT/summary.json`` lists every file written, the grid's cell boxes, the store's phase and
+each video's Adam step count; ``OUT/index.html`` shows the grids. The store is opened
+read-only and no lock is taken, so a run that is still training can be exported: every chunk
+lands atomically, so a frame read while the trainer writes is the old or the new one, whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import io
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from mof.attention_overlay import (
+    ATTENTION_DEFINITION,
+    overlay_attention,
+    supports_attention,
+    text_patch_attention,
+)
+from mof.frames import to_model_input
+from mof.models.base import InputContract
+from pipeline.framestore import FrameRows, FrameStore
+from pipeline.index import atomic_write_bytes, atomic_write_json
+from pipeline.sampling import uniform_subset
+from pipeline.shard_samples import (
+    decode_sample,
+    group_samples,
+    iter_members,
+    resolve_shards,
+)
+
+__all__ = ["DEFAULT_NUM", "ExportConfig", "denormalize", "export_frames", "format_summary",
+           "render_grid"]
+
+#: Videos exported when neither ``ids`` nor ``num`` is given.
+DEFAULT_NUM = 4
+_LABEL_W, _PAD, _LINE_H = 132, 4, 14
+
+
+@dataclass
+class ExportConfig:
+    """Settings of ``mof-cli export-frames``; the resolved copy goes into ``summary.json``.
+
+    Attributes:
+        run: a MOF training run directory (with ``mof.zarr``), finished or still training.
+        out: output directory (created; files of an earlier export are overwritten).
+        ids: video ids to export (store ids, i.e. shard keys, or the datasets' own ids);
+            empty: the first ``num`` videos of the store.
+        num: how many videos when ``ids`` is empty (default :data:`DEFAULT_NUM`).
+        mp4: also write ``mof.mp4`` of the MOF frames.
+        attention: also draw the first block's text-to-patch attention (Frozen models).
+        shards: the train shards to read the stored frames from; ``None``: the shards recorded
+            in the store (pass this when they have moved).
+        columns: frames per grid line; longer rows wrap.
+        fps: frame rate of ``mof.mp4``.
+        progress: show a progress bar.
+    """
+
+    run: str
+    out: str
+    ids: list[str] = field(default_factory=list)
+    num: int | None = None
+    mp4: bool = False
+    attention: bool = False
+    shards: list[str] | None = None
+    columns: int = 8
+    fps: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.ids = [i for item in self.ids for i in str(item).split(",") if i]
+        problems = []
+        store = Path(self.run) / "mof.zarr"
+        if not Path(self.run).is_dir():
+            problems.append(f"--run {self.run}: no such directory")
+        elif not (store / "zarr.json").is_file():
+            problems.append(f"--run {self.run}: no mof.zarr (a baseline run, or a run that has "
+                            "not created its frame store yet)")
+        if self.ids and self.num is not None:
+            problems.append("give either --ids or --num, not both")
+        if self.num is not None and self.num < 1:
+            problems.append(f"--num must be >= 1, got {self.num}")
+        if self.columns < 1:
+            problems.append(f"--columns must be >= 1, got {self.columns}")
+        if self.fps < 1:
+            problems.append(f"--fps must be >= 1, got {self.fps}")
+        if not self.out:
+            problems.append("--out is required")
+        if problems:
+            raise ValueError("invalid export config:\n  " + "\n  ".join(problems))
+
+
+def denormalize(frames: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """Model-normalised float ``(..., 3, H, W)`` → uint8 RGB ``(..., H, W, 3)``, clipped."""
+    mean_a = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std_a = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    pixels = (np.asarray(frames, dtype=np.float32) * std_a + mean_a) * 255.0
+    return np.moveaxis(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), -3, -1)
+
+
+def _find_samples(shards: list[str], wanted: list[str]) -> dict[str, dict[str, Any]]:
+    """``{wanted id: {"key", "frames", "meta"}}``, matched by shard key or the json's video_id.
+
+    Only the matching samples are decoded; reading stops once every id is found.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    remaining = set(wanted)
+    for shard in shards:
+        for key, fields in group_samples(iter_members(shard), shard):
+            meta_id = json.loads(fields.get("json", b"{}") or b"{}").get("video_id")
+            hit = key if key in remaining else meta_id if meta_id in remaining else None
+            if hit is None:
+                continue
+            sample = decode_sample(shard, key, fields)
+            found[hit] = {"key": key, "frames": sample["frames"], "meta": sample["meta"]}
+            remaining.discard(hit)
+            if not remaining:
+                return found
+    return found
+
+
+def _load_latest_model(run: Path, attempts: int = 5, wait_s: float = 0.5):
+    """The model of ``run``'s latest checkpoint, or ``(None, reason)``.
+
+    A training run replaces ``checkpoints/last`` by renames; a read that races one is retried.
+    """
+    from mof.models.io import load_model
+    from mof.train.checkpoint import find_checkpoint
+
+    error: Exception | None = None
+    for _ in range(attempts):
+        directory = find_checkpoint(run / "checkpoints")
+        if directory is None:
+            return None, "the run has no checkpoint yet"
+        try:
+            return load_model(directory), directory.relative_to(run).as_posix()
+        except (FileNotFoundError, OSError) as err:  # the directory was renamed meanwhile
+            error = err
+            time.sleep(wait_s)
+    return None, f"could not load the checkpoint: {error}"
+
+
+def _png(image: np.ndarray | Any) -> bytes:
+    from PIL import Image
+
+    pil = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_pngs(folder: Path, frames: np.ndarray, prefix: str = "") -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, frame in enumerate(frames):
+        path = folder / f"{prefix}{i:02d}.png"
+        atomic_write_bytes(path, _png(frame))
+        paths.append(str(path))
+    return paths
+
+
+def render_grid(rows: list[tuple[str, np.ndarray]], caption: list[str], columns: int,
+                cell: int) -> tuple[Any, list[list[list[int]]]]:
+    """Draw labelled rows of frames (Fig. 7) with a caption under them.
+
+    Args:
+        rows: ``(label, frames)`` with uint8 frames ``(T, H, W, 3)``; a row of more than
+            ``columns`` frames wraps onto further lines.
+        caption: text lines under the grid (shortened to fit).
+        columns: frames per line.
+        cell: side of each frame on the grid in pixels (nearest-neighbour scaling).
+
+    Returns:
+        The PIL image and, per row, the ``[left, top, right, bottom]`` box of each frame.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    cols = min(columns, max(len(frames) for _, frames in rows))
+    lines = [-(-len(frames) // columns) for _, frames in rows]
+    step = cell + _PAD
+    width = _LABEL_W + cols * step + _PAD
+    height = sum(lines) * step + _PAD + len(caption) * _LINE_H + _PAD
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    boxes: list[list[list[int]]] = []
+    top = _PAD
+    for (label, frames), count in zip(rows, lines, strict=True):
+        draw.text((_PAD, top + cell // 2 - 6), label, fill=(0, 0, 0), font=font)
+        boxes.append([])
+        for i, frame in enumerate(frames):
+            left, y = _LABEL_W + (i % columns) * step, top + (i // columns) * step
+            tile = Image.fromarray(frame)
+            if tile.size != (cell, cell):
+                tile = tile.resize((cell, cell), Image.Resampling.NEAREST)
+            image.paste(tile, (left, y))
+            boxes[-1].append([left, y, left + cell, y + cell])
+        top += count * step
+    for line in caption:
+        while len(line) > 4 and draw.textlength(line, font=font) > width - 2 * _PAD:
+            line = line[: len(line) - 4] + "..."
+        draw.text((_PAD, top), line, fill=(0, 0, 0), font=font)
+        top += _LINE_H
+    return image, boxes
+
+
+def _safe_name(video_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", video_id) or "_"
+
+
+def _attention_rows(model, normalised: dict[str, np.ndarray], shown: dict[str, np.ndarray],
+                    caption: str, folder: Path) -> tuple[list, dict[str, Any]]:
+    """Overlays of the uniform and MOF frames; returns ``(key, label, frames)`` rows, files."""
+    import torch
+
+    maps = {name: text_patch_attention(model, torch.from_numpy(normalised[name]), caption)
+            for name in ("uniform", "mof")}
+    rows, files = [], {}
+    for name, label in (("uniform", "attention, init"), ("mof", "attention, MOF")):
+        overlays = np.stack([overlay_attention(f, a) for f, a in zip(shown[name], maps[name])])
+        files[f"attention_{name}"] = _write_pngs(folder / "attention", overlays, f"{name}_")
+        rows.append((f"attention_{name}", label, overlays))
+    buffer = io.BytesIO()
+    np.savez(buffer, **maps)
+    atomic_write_bytes(folder / "attention.npz", buffer.getvalue())
+    files["attention_maps"] = str(folder / "attention.npz")
+    return rows, files
+
+
+@dataclass
+class _Context:
+    """What every video's export shares."""
+
+    attrs: dict[str, Any]
+    out: Path
+    config: ExportConfig
+    model_name: str
+    model: Any = None  # a Frozen model for the attention rows, or None
+    checkpoint: str | None = None
+
+    @property
+    def contract(self) -> InputContract:
+        # to_model_input reads only the size and the normalisation; the text fields are unused.
+        a = self.attrs
+        return InputContract(frame_size=int(a["H"]), mean=tuple(a["mean"]), std=tuple(a["std"]),
+                             max_frames=max(a["U"], a["R"]), max_words=1, tokenizer="none")
+
+
+def _export_video(video_id: str, row: int, sample: dict[str, Any], state: FrameRows,
+                  ctx: _Context) -> dict[str, Any]:
+    """Write every file of one video; returns its summary entry."""
+    attrs, contract, out = ctx.attrs, ctx.contract, ctx.out
+    stored = sample["frames"]  # uint8 (R_stored, S, S, 3)
+    num_u, num_r = int(attrs["U"]), int(attrs["R"])
+    normalised = {
+        "regular": to_model_input(stored, contract, uniform_subset(len(stored), num_r)).numpy(),
+        "uniform": to_model_input(stored, contract, uniform_subset(len(stored), num_u)).numpy(),
+        "mof": np.asarray(state.frames[0], dtype=np.float32),
+    }
+    shown = {k: denormalize(v, attrs["mean"], attrs["std"]) for k, v in normalised.items()}
+    folder = out / _safe_name(video_id)
+    files = {name: _write_pngs(folder / name, frames) for name, frames in shown.items()}
+    rows = [("regular", f"regular (R={num_r})", shown["regular"]),
+            ("uniform", f"uniform init (U={num_u})", shown["uniform"]),
+            ("mof", f"MOF (U={num_u})", shown["mof"])]
+    captions = list(sample["meta"].get("captions") or [""])
+    step = int(state.step[0])
+    if ctx.model is not None:
+        extra_rows, extra_files = _attention_rows(ctx.model, normalised, shown, captions[0],
+                                                  folder)
+        rows += extra_rows
+        files.update(extra_files)
+    caption = [f'{video_id}: "{captions[0]}"',
+               (f"store phase {attrs.get('last_phase')}, {step} frame steps of this video, "
+               f"R={num_r}, U={num_u}, model {ctx.model_name}")]
+    if ctx.model is not None:
+        caption.append(f"attention ({ctx.checkpoint}): {ATTENTION_DEFINITION}")
+    cell = int(attrs["H"]) * max(1, -(-96 // int(attrs["H"])))  # small frames scaled up
+    image, boxes = render_grid([r[1:] for r in rows], caption, ctx.config.columns, cell)
+    atomic_write_bytes(folder / "grid.png", _png(image))
+    files["grid"] = str(folder / "grid.png")
+    if ctx.config.mp4:
+        from pipeline.synth_render import encode_mp4
+
+        frames = shown["mof"]
+        pad = ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0))
+        encode_mp4(np.pad(frames, pad, mode="edge"), folder / "mof.mp4", ctx.config.fps, crf=12)
+        files["mp4"] = str(folder / "mof.mp4")
+    moved = np.abs(shown["mof"].astype(np.int16) - shown["uniform"].astype(np.int16))
+    unit = normalised["mof"] * np.reshape(attrs["std"], (3, 1, 1)) + np.reshape(
+        attrs["mean"], (3, 1, 1))  # pixels in [0, 1] before clipping
+    return {"video_id": video_id, "shard_key": sample["key"], "row": row, "caption": captions[0],
+            "frame_steps": step, "files": files,
+            "grid_boxes": {key: b for (key, _, _), b in zip(rows, boxes, strict=True)},
+            "grid_size": list(image.size),
+            "mean_abs_change": float(moved.mean()), "max_abs_change": int(moved.max()),
+            "clipped_fraction": float(((unit < 0) | (unit > 1)).mean())}
+
+
+def _choose(store: FrameStore, config: ExportConfig) -> list[str]:
+    if config.ids:
+        return list(dict.fromkeys(config.ids))
+    return store.video_ids[: config.num or DEFAULT_NUM]
+
+
+def export_frames(config: ExportConfig) -> dict[str, Any]:
+    """Export the chosen videos of a MOF run (see the module doc); returns the summary.
+
+    Raises:
+        KeyError: a requested id is neither a store id nor found in the shards.
+        FileNotFoundError: the shards the store was initialised from are gone (pass
+            ``shards``).
+        ValueError: a requested video was never initialised in the store.
+    """
+    run, out = Path(config.run), Path(config.out)
+    store = FrameStore.open(run / "mof.zarr", mode="r")  # read-only, no lock, no sweep
+    attrs = store.attrs
+    shards = resolve_shards(config.shards or attrs["shards"])
+    wanted = _choose(store, config)
+    samples = _find_samples(shards, wanted)
+    missing = [v for v in wanted if v not in samples]
+    if missing:
+        raise KeyError(f"videos {missing[:20]} are in none of the {len(shards)} train shards")
+    keys = [samples[v]["key"] for v in wanted]
+    rows = store.row_of(keys)
+    run_config = yaml.safe_load((run / "config.yaml").read_text()) if (
+        run / "config.yaml").is_file() else {}
+    model, checkpoint = None, None
+    notes: list[str] = []
+    if config.attention:
+        model, checkpoint = _load_latest_model(run)
+        if model is not None and not supports_attention(model):
+            notes.append(f"attention skipped: {type(model).__name__} is not a Frozen model")
+            model = None
+        elif model is None:
+            notes.append(f"attention skipped: {checkpoint}")
+    ctx = _Context(attrs, out, config, (run_config or {}).get("model", "?"), model, checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    videos = []
+    for video_id, row in tqdm(list(zip(wanted, rows.tolist(), strict=True)), unit="video",
+                              desc="export frames", disable=not config.progress):
+        state = store.read([row], allow_uninitialised=True)
+        if state.step[0] < 0:
+            notes.append(f"{video_id}: row {row} not initialised yet, skipped")
+            continue
+        videos.append(_export_video(video_id, row, samples[video_id], state, ctx))
+    summary = {"run": str(run), "out": str(out), "store_phase": attrs.get("last_phase"),
+               "U": attrs["U"], "R": attrs["R"], "H": attrs["H"], "W": attrs["W"],
+               "mean": attrs["mean"], "std": attrs["std"], "shards": shards,
+               "attention": {"checkpoint": checkpoint, "definition": ATTENTION_DEFINITION}
+               if model is not None else None,
+               "videos": videos, "notes": notes, "config": dataclasses.asdict(config)}
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_bytes(out / "index.html", _index_html(summary).encode())
+    return summary
+
+
+def _index_html(summary: dict[str, Any]) -> str:
+    out = Path(summary["out"])
+    parts = [(f"<!doctype html><meta charset='utf-8'><title>MOF frames of "
+             f"{html.escape(summary['run'])}</title><body style='font-family:sans-serif'>"),
+             f"<h1>MOF frames: {html.escape(summary['run'])}</h1>",
+             (f"<p>store phase {summary['store_phase']}, R={summary['R']}, U={summary['U']}, "
+             f"{summary['H']}x{summary['W']} px</p>")]
+    for note in summary["notes"]:
+        parts.append(f"<p><em>{html.escape(note)}</em></p>")
+    for video in summary["videos"]:
+        grid = Path(video["files"]["grid"]).relative_to(out).as_posix()
+        links = [f"<a href='{html.escape(Path(p).relative_to(out).as_posix())}'>"
+                 f"{html.escape(name)}</a>" for name, p in video["files"].items()
+                 if isinstance(p, str) and name != "grid"]
+        parts.append(f"<h2>{html.escape(video['video_id'])}</h2>"
+                     f"<p>{html.escape(video['caption'])}</p><img src='{html.escape(grid)}'>"
+                     f"<p>{' '.join(links)}</p>")
+    return "\n".join(parts) + "\n</body>\n"
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few lines for the terminal: what was written where."""
+    lines = [(f"exported {len(summary['videos'])} videos of {summary['run']} (store phase "
+             f"{summary['store_phase']}, R={summary['R']}, U={summary['U']}) to {summary['out']}")]
+    for video in summary["videos"]:
+        lines.append(f"  {video['video_id']}: {video['frame_steps']} frame steps, mean |MOF - "
+                     f"init| {video['mean_abs_change']:.2f} (max {video['max_abs_change']}) "
+                     f"grey levels -> {video['files']['grid']}")
+    lines += [f"  note: {note}" for note in summary["notes"]]
+    lines.append(f"  index: {Path(summary['out']) / 'index.html'}, "
+                 f"{Path(summary['out']) / 'summary.json'}")
+    return "\n".join(lines)
