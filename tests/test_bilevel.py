@@ -70,38 +70,56 @@ def _outer_loss(loss_fn, params, frames_u, frames_r) -> float:
 
 @pytest.mark.parametrize("name", TINY)
 def test_exact_matches_numerical_derivative_float64(name):
-    _, loss_fn, params, frames_u, frames_r = _setup(name, torch.float64)
+    model, loss_fn, params, frames_u, frames_r = _setup(name, torch.float64)
     exact = meta_gradient(loss_fn, params, frames_u, frames_r, ALPHA, "exact")
     assert exact.grad.shape == frames_u.shape and exact.grad.dtype == torch.float64
     assert exact.outer_loss.item() == pytest.approx(
         _outer_loss(loss_fn, params, frames_u, frames_r), rel=1e-12)
-    # The largest entries and one random entry, by central differences (h = 1e-5, float64).
+
+    # transformers' CLIP attention takes its softmax in float32 even in a float64 model, which
+    # bounds how well a difference quotient can resolve a single pixel's derivative: it needs
+    # a wide step. Elsewhere a narrow step keeps clear of ReLU kinks (ResNet), across which the
+    # inner gradient, and so the outer loss, jumps.
+    float32_softmax = any(type(m).__module__.startswith("transformers.models.clip")
+                          for m in model.modules())
+    h, rel = (1e-2, 1e-2) if float32_softmax else (1e-6, 1e-5)
+
+    def numeric(direction: torch.Tensor) -> float:
+        """Central difference of the outer loss along ``direction``."""
+        return (_outer_loss(loss_fn, params, frames_u + h * direction, frames_r)
+                - _outer_loss(loss_fn, params, frames_u - h * direction, frames_r)) / (2 * h)
+    # The largest entries and one random entry, one pixel at a time.
     flat = exact.grad.flatten()
     picks = [*flat.abs().topk(3).indices.tolist(),
              int(torch.randint(flat.numel(), (1,), generator=torch.Generator().manual_seed(5)))]
     for index in picks:
-        values = []
-        for sign in (1, -1):
-            shifted = frames_u.clone()
-            shifted.view(-1)[index] += sign * 1e-5
-            values.append(_outer_loss(loss_fn, params, shifted, frames_r))
-        numeric = (values[0] - values[1]) / 2e-5
-        assert flat[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-9 * flat.abs().max().item())
+        pixel = torch.zeros_like(frames_u)
+        pixel.view(-1)[index] = 1.0
+        assert flat[index].item() == pytest.approx(numeric(pixel), rel=rel), index
+    # The whole gradient at once: the derivative along its own direction is its norm.
+    unit = exact.grad / exact.grad.norm()
+    assert numeric(unit) == pytest.approx(exact.grad.norm().item(), rel=1e-4)
+
+
+#: ‖ξv‖ per model where 1e-3 does not fit: a ReLU network's gradient jumps wherever a unit's
+#: input crosses zero, and a step of 1e-3 crosses many (resnet-tiny: cosine 0.47-0.51 at 1e-3,
+#: 0.93-0.997 at 1e-4, 1.0000 at 1e-5, in float32 and float64 alike).
+FD_STEP = {"resnet-tiny": 1e-5}
 
 
 @pytest.mark.parametrize("name", TINY)
 def test_finite_diff_agrees_with_exact_float32(name):
     _, loss_fn, params, frames_u, frames_r = _setup(name)
     exact = meta_gradient(loss_fn, params, frames_u, frames_r, ALPHA, "exact").grad
-    cosines = {}
+    cosines, fd_step = {}, FD_STEP.get(name, 1e-3)
     for scheme in ("central", "forward"):
         approx = meta_gradient(loss_fn, params, frames_u, frames_r, ALPHA, "finite-diff",
-                               fd_step=1e-3, fd_scheme=scheme)
+                               fd_step=fd_step, fd_scheme=scheme)
         cosines[scheme] = _cos(approx.grad, exact)
-        assert approx.stats["xi"].item() * approx.stats["v_norm"].item() == pytest.approx(1e-3)
+        assert approx.stats["xi"].item() * approx.stats["v_norm"].item() == pytest.approx(fd_step)
     first_order = meta_gradient(loss_fn, params, frames_u, frames_r, ALPHA, "first-order").grad
     cosines["first-order"] = _cos(first_order, exact)
-    print(f"{name}: cosine with exact {cosines}")
+    print(f"{name}: cosine with exact at fd_step={fd_step:g}: {cosines}")
     assert cosines["central"] > 0.999 and cosines["forward"] > 0.999
 
 
