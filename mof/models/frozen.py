@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import DistilBertConfig
 
-from mof.models import register_model
+from mof.models import convert, register_model
 from mof.models.base import AttentionMode, InputContract, RetrievalModel
 from mof.models.space_time import DividedAttention, SpaceTimeTransformer
 from mof.models.text import (
@@ -179,7 +179,7 @@ def _make_config(defaults: dict[str, Any], overrides: dict[str, Any]) -> FrozenC
 def frozen(
     *, text_dir: str | None = None, tokenizer_dir: str | None = None,
     vit_weights: str | None = None, checkpoint: str | None = None,
-    temporal_fix: Literal["zeros", "nearest", "bilinear"] = "zeros", **overrides: Any,
+    temporal_fix: convert.TemporalFix = "zeros", **overrides: Any,
 ) -> FrozenInTime:
     """Frozen in Time: ViT-B/16 SpaceTimeTransformer, 224 px, DistilBERT-base, 8 frames.
 
@@ -198,8 +198,6 @@ def frozen(
             ``bilinear`` interpolation.
         **overrides: :class:`FrozenConfig` fields, e.g. ``max_frames=4``.
     """
-    from mof.models import convert  # local: convert imports this module's names
-
     text_overrides = dict(overrides.get("text", {}))
     text_model = None
     if text_dir is not None:

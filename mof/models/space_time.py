@@ -204,14 +204,19 @@ class SpaceTimeTransformer(nn.Module):
             raise ValueError(f"frame_size {frame_size} is not a multiple of patch_size {patch_size}")
         self.frame_size, self.max_frames = frame_size, max_frames
         self.patches_per_frame = (frame_size // patch_size) ** 2
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patches_per_frame + 1, dim))
-        self.temporal_embed = nn.Parameter(torch.zeros(1, max_frames, dim))
-        self.patch_embed = PatchEmbed(patch_size, dim)
-        self.blocks = nn.ModuleList(
-            SpaceTimeBlock(dim, num_heads, mlp_ratio) for _ in range(depth)
-        )
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        device = torch.get_default_device()
+        # Built on the meta device and initialised once below: the layers' own default init
+        # would double the construction time of a ViT-B (seconds on a CPU).
+        with torch.device("meta"):
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.patches_per_frame + 1, dim))
+            self.temporal_embed = nn.Parameter(torch.zeros(1, max_frames, dim))
+            self.patch_embed = PatchEmbed(patch_size, dim)
+            self.blocks = nn.ModuleList(
+                SpaceTimeBlock(dim, num_heads, mlp_ratio) for _ in range(depth)
+            )
+            self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.to_empty(device=device)
         self.reset_parameters(time_init)
 
     def reset_parameters(self, time_init: Literal["zeros", "rand"] = "zeros") -> None:
@@ -224,7 +229,9 @@ class SpaceTimeTransformer(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.zeros_(self.temporal_embed)
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Conv2d):  # timm's ViT keeps PyTorch's default here
+                module.reset_parameters()
+            elif isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):

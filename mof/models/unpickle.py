@@ -16,6 +16,7 @@ handling of storages (zip and legacy formats) and asks this unpickler for every 
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import pathlib
@@ -115,11 +116,13 @@ def _allowed() -> dict[str, Any]:
         "_codecs.encode": codecs.encode,  # protocol-2 pickles of bytes
         "numpy.dtype": numpy.dtype,
     }
-    for name in ("set", "frozenset", "slice", "complex", "bytearray", "range"):
+    for name in ("set", "frozenset", "slice", "complex", "bytearray", "range", "object"):
         allowed[f"builtins.{name}"] = getattr(builtins, name)
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[f"{module}.scalar"] = numpy._core.multiarray.scalar
         allowed[f"{module}._reconstruct"] = numpy._core.multiarray._reconstruct
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):  # protocol-5 arrays
+        allowed[f"{module}._frombuffer"] = numpy._core.numeric._frombuffer
     allowed["numpy.ndarray"] = numpy.ndarray
     # Paths rebuild as pure paths: no file-system access, and Windows paths load on Linux.
     for module in ("pathlib", "pathlib._local"):
@@ -147,6 +150,11 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
+        if self.proto < 3 and self.fix_imports:  # Python 2 names, as pickle's own find_class
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
         key = f"{module}.{name}"
         if key in _ALLOWED:
             return _ALLOWED[key]
