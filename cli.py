@@ -149,6 +149,26 @@ def eval_(quiet: bool, **options: object) -> None:
 
 # --- train / export-frames -----------------------------------------------------------------
 
+from mof.train.cli_options import config_from_options, train_options
+
+
+@main.command()
+@train_options
+def train(quiet: bool, **options: object) -> None:
+    """Train a retrieval model, baseline (--frames U) or MOF (--frames R:U); resumable.
+
+    Works under `torchrun --nproc_per_node N $(which mof-cli) train ...` (NCCL on GPU, gloo on
+    CPU). Writes RUN_DIR/config.yaml, metrics.csv, tb/, checkpoints/{last,best} and mof.zarr.
+    """
+    config = config_from_options(options)
+    from mof.train import train as run_training
+
+    try:
+        run_training(config, progress=not quiet)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 
 # --- reproduce -----------------------------------------------------------------------------
 

@@ -1,0 +1,166 @@
+"""Checkpoints that resume exactly: model, optimiser, trainer state, and a consistent MOF store.
+
+The store is written every phase, a checkpoint only now and then, so after a crash the store
+is ahead of the last checkpoint. The trainer keeps an **undo journal**: before a phase writes
+the rows of its batch back, it saves their previous contents (which it has just read anyway)
+in ``RUN_DIR/journal/<S>/``, where ``S`` is the step of the last checkpoint. Resuming from
+checkpoint ``S`` writes those pre-images back (newest first, so a row journaled twice ends at
+its oldest version, the one checkpoint ``S`` saw) and drops the journal. A checkpoint is
+committed by renaming its directory into place, and only then is the previous journal deleted,
+so a crash at any point leaves a checkpoint and a journal that match.
+
+Layout::
+
+    RUN_DIR/checkpoints/last/   model (save_model format) + trainer_state.pt
+    RUN_DIR/checkpoints/best/   a copy of last at the best evaluation
+    RUN_DIR/journal/<S>/r<rank>-s<step>.npz
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "RowJournal",
+    "commit_checkpoint",
+    "find_checkpoint",
+    "load_trainer_state",
+    "rng_state",
+    "save_trainer_state",
+    "set_rng_state",
+]
+
+STATE_NAME = "trainer_state.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's CPU (and CUDA) generator states as tensors (loadable with ``weights_only``)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_trainer_state(directory: Path, state: dict[str, Any]) -> None:
+    torch.save(state, directory / STATE_NAME)
+
+
+def load_trainer_state(directory: Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint; tensors and plain containers only (no pickled code)."""
+    return torch.load(directory / STATE_NAME, map_location="cpu", weights_only=True)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def commit_checkpoint(root: Path, name: str, write: Callable[[Path], None]) -> Path:
+    """Write a checkpoint directory under a temporary name and rename it to ``root/name``.
+
+    ``write(tmp_dir)`` fills the directory. An existing ``root/name`` is moved to
+    ``.<name>.old`` first and removed after the rename (see :func:`find_checkpoint`).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    tmp, old, final = root / f".{name}.tmp", root / f".{name}.old", root / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write(tmp)
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(root: Path, name: str = "last") -> Path | None:
+    """``root/name``, or the previous version left by a crash in the middle of a commit."""
+    for candidate in (root / name, root / f".{name}.old"):
+        if (candidate / STATE_NAME).is_file():
+            return candidate
+    return None
+
+
+_ENTRY = re.compile(r"r(\d+)-s(\d+)\.npz$")
+
+
+class RowJournal:
+    """Pre-images of the store rows written since the last checkpoint (one writer per rank).
+
+    Args:
+        root: ``RUN_DIR/journal``.
+        rank: this process's rank (entries of different ranks never share a file).
+    """
+
+    def __init__(self, root: Path, rank: int = 0):
+        self.root = Path(root)
+        self.rank = rank
+        self.generation: int | None = None
+        self._saved: set[int] = set()
+
+    def start(self, generation: int) -> None:
+        """Journal into ``root/<generation>`` from now on (the step of the new checkpoint)."""
+        self.generation = generation
+        self._saved = set()
+        (self.root / str(generation)).mkdir(parents=True, exist_ok=True)
+
+    def record(self, step: int, rows: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        """Save the pre-images of ``rows`` not yet saved in this generation, before they change.
+
+        Args:
+            step: the phase's global step (orders entries).
+            rows: store rows ``(B,)``.
+            arrays: the rows' current contents, each with leading dimension ``B``.
+        """
+        if self.generation is None:
+            raise RuntimeError("RowJournal.start() must be called before record()")
+        keep = np.array([int(r) not in self._saved for r in rows], dtype=bool)
+        if not keep.any():
+            return
+        path = self.root / str(self.generation) / f"r{self.rank}-s{step}.npz"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, rows=np.asarray(rows)[keep], **{k: v[keep] for k, v in arrays.items()})
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        self._saved.update(int(r) for r in np.asarray(rows)[keep])
+
+    def pending(self, generation: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Entries of ``generation``, newest first: ``(rows, arrays)`` to write back in order."""
+        directory = self.root / str(generation)
+        entries = []
+        for path in directory.glob("*.npz") if directory.is_dir() else []:
+            match = _ENTRY.match(path.name)
+            if match:
+                entries.append((int(match.group(2)), path))
+        for _, path in sorted(entries, key=lambda e: e[0], reverse=True):
+            with np.load(path) as data:
+                arrays = {k: data[k] for k in data.files if k != "rows"}
+                yield data["rows"], arrays
+
+    def drop_except(self, generation: int | None) -> None:
+        """Delete every journal generation but ``generation`` (``None``: all of them)."""
+        if not self.root.is_dir():
+            return
+        for child in self.root.iterdir():
+            if child.name != str(generation):
+                shutil.rmtree(child, ignore_errors=True)

@@ -1,0 +1,298 @@
+"""``TrainConfig``: every setting of ``mof-cli train``, validated up front, saved as config.yaml.
+
+Precedence: dataclass defaults < the YAML file of ``--config`` < options given on the command
+line. The fully resolved config is written to ``RUN_DIR/config.yaml``; ``--resume RUN_DIR`` reads
+it back, and only the settings in :data:`RESUME_OVERRIDABLE` may change on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "RESUME_OVERRIDABLE",
+    "ConfigError",
+    "TrainConfig",
+    "load_train_config",
+    "parse_frames",
+    "save_train_config",
+]
+
+#: Settings that may differ between a run and its resumption (they change neither the
+#: mathematics of a step nor the data order).
+RESUME_OVERRIDABLE = frozenset(
+    {"epochs", "eval_every", "workers", "device", "checkpoint_every", "log_every", "resume",
+     "eval_batch_size", "max_steps"}
+)
+
+_META_GRAD = ("exact", "finite-diff", "first-order")
+_SCHEDULES = ("phase", "epoch")
+_AUGMENT = ("none", "crop", "crop-flip")
+_DEVICES = ("auto", "cpu", "cuda")
+_STORE_DTYPES = ("float32", "float16")
+
+
+class ConfigError(ValueError):
+    """A config with one or more invalid settings; the message lists every problem."""
+
+
+def parse_frames(spec: str) -> tuple[int | None, int]:
+    """``"R:U"`` → ``(R, U)`` (MOF), ``"U"`` → ``(None, U)`` (baseline).
+
+    Raises:
+        ValueError: not one or two positive integers separated by ``:``.
+    """
+    parts = str(spec).split(":")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or any(v <= 0 for v in values):
+        raise ValueError(f"--frames must be 'U' or 'R:U' with positive integers, got {spec!r}")
+    return (None, values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (baseline or MOF).
+
+    Attributes:
+        model: registered model name (``mof.models.list_models()``), e.g. ``frozen-tiny``.
+        train: training shards: a shard directory (with ``index.json``), a brace pattern or a
+            comma-separated list of ``.tar`` files.
+        test: test shards evaluated every ``eval_every`` epochs; ``None`` disables evaluation.
+        out: the run directory (config.yaml, metrics.csv, checkpoints/, mof.zarr, events).
+        frames: ``"R:U"`` for MOF (R regular frames, U learnable frames per video) or ``"U"``
+            for the baseline trained on U uniform frames.
+        meta_grad: meta-gradient estimator: ``exact`` (double backward), ``finite-diff`` (the
+            difference along v, no double backward) or ``first-order`` (ablation only: its
+            direction is unrelated to the meta-gradient).
+        fd_step: ``finite-diff`` step as ‖ξv‖ (relative to ‖v‖).
+        frame_schedule: ``phase`` (Algorithm 1: a frame-level step after every model-level
+            step) or ``epoch`` (a second pass per epoch with Θ fixed, inner α = 1).
+        frame_step_every: with ``phase``, the frame-level step runs on every k-th batch only.
+        epochs: passes over the training shards.
+        eval_every: evaluate on ``test`` every this many epochs (and after the last).
+        metric: the metrics.json key that selects ``checkpoints/best`` (higher is better unless
+            the name ends in ``MedR`` or ``MeanR``).
+        seed: seeds model initialisation, data order, caption and frame draws, augmentation.
+        lr: model AdamW learning rate (the paper's α, 1e-5 for pre-trained models).
+        inner_lr: α of the temporary SGD step of the ``phase`` schedule; ``None`` uses ``lr``.
+        weight_decay: AdamW weight decay (Frozen trains with 0).
+        frame_lr: Adam learning rate β of the learnable frames.
+        frame_betas: Adam betas of the frames; ``None``: (0.9, 0.999) for ``phase``,
+            (0.5, 0.999) for ``epoch``.
+        frame_lr_step: ``epoch`` schedule: β is multiplied by ``frame_lr_gamma`` every this
+            many epochs (StepLR).
+        frame_lr_gamma: see ``frame_lr_step``.
+        batch_size: videos per step over all processes (divided evenly across ranks).
+        workers: shard-reading DataLoader workers per process.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        amp: bf16 autocast on CUDA (ignored on CPU).
+        grad_checkpointing: per-block activation checkpointing (non-reentrant).
+        augment: train-time augmentation, one draw per video per phase, the same for all its
+            frames: ``none``, ``crop`` (random resized crop) or ``crop-flip`` (plus a horizontal
+            flip; wrong for captions naming directions).
+        crop_scale: smallest crop area fraction of ``crop``.
+        shuffle_buffer: samples in the reader's shuffle buffer (per worker).
+        store_dtype: dtype of the learnable frames in ``mof.zarr``; float16 rounds away Adam
+            steps smaller than its spacing (≈1e-3 near 1.0), so float32 is the default.
+        checkpoint_every: also checkpoint every this many steps inside an epoch (0: only at
+            epoch ends).
+        max_steps: stop after this many model-level steps in total (``None``: no limit).
+        log_every: TensorBoard scalars every this many steps.
+        eval_batch_size: videos per encoding batch at evaluation.
+        model_args: extra keyword arguments of ``create_model`` (e.g. weight paths).
+        resume: a run directory to continue from its last checkpoint.
+    """
+
+    model: str = ""
+    train: str = ""
+    test: str | None = None
+    out: str = ""
+    frames: str = "8"
+    meta_grad: str = "exact"
+    fd_step: float = 1e-3
+    frame_schedule: str = "phase"
+    frame_step_every: int = 1
+    epochs: int = 10
+    eval_every: int = 1
+    metric: str = "t2v/R@1"
+    seed: int = 0
+    lr: float = 1e-5
+    inner_lr: float | None = None
+    weight_decay: float = 0.0
+    frame_lr: float = 8e-4
+    frame_betas: tuple[float, float] | None = None
+    frame_lr_step: int = 30
+    frame_lr_gamma: float = 0.5
+    batch_size: int = 16
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = True
+    grad_checkpointing: bool = False
+    augment: str = "crop"
+    crop_scale: float = 0.5
+    shuffle_buffer: int = 256
+    store_dtype: str = "float32"
+    checkpoint_every: int = 0
+    max_steps: int | None = None
+    log_every: int = 10
+    eval_batch_size: int = 64
+    model_args: dict[str, Any] = field(default_factory=dict)
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.frame_betas is not None:
+            self.frame_betas = tuple(float(b) for b in self.frame_betas)  # YAML gives a list
+        problems = self._problems()
+        if problems:
+            raise ConfigError("invalid train config:\n  - " + "\n  - ".join(problems))
+
+    def _problems(self) -> list[str]:
+        p: list[str] = []
+        for name in ("model", "train", "out"):
+            if not getattr(self, name):
+                p.append(f"--{name} is required")
+        try:
+            regular, used = parse_frames(self.frames)
+            if regular is not None and regular < used:
+                p.append(f"--frames {self.frames}: R must be >= U")
+        except ValueError as err:
+            p.append(str(err))
+        for name, allowed in (("meta_grad", _META_GRAD), ("frame_schedule", _SCHEDULES),
+                              ("augment", _AUGMENT), ("device", _DEVICES),
+                              ("store_dtype", _STORE_DTYPES)):
+            if getattr(self, name) not in allowed:
+                p.append(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                         f"got {getattr(self, name)!r}")
+        for name in ("epochs", "eval_every", "frame_step_every", "batch_size", "frame_lr_step",
+                     "log_every", "eval_batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                p.append(f"--{name.replace('_', '-')} must be a positive integer, "
+                         f"got {getattr(self, name)!r}")
+        for name in ("workers", "checkpoint_every", "shuffle_buffer"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                p.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
+        if self.batch_size < 2:
+            p.append("--batch-size must be >= 2 (a contrastive batch needs negatives)")
+        if self.max_steps is not None and self.max_steps < 1:
+            p.append(f"--max-steps must be >= 1, got {self.max_steps}")
+        for name in ("lr", "frame_lr", "fd_step"):
+            if not getattr(self, name) > 0:
+                p.append(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.inner_lr is not None and not self.inner_lr > 0:
+            p.append(f"--inner-lr must be > 0, got {self.inner_lr}")
+        if self.weight_decay < 0:
+            p.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.frame_lr_gamma <= 1:
+            p.append(f"--frame-lr-gamma must be in (0, 1], got {self.frame_lr_gamma}")
+        if not 0 < self.crop_scale <= 1:
+            p.append(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
+        if self.frame_betas is not None and (
+            len(self.frame_betas) != 2 or not all(0 <= b < 1 for b in self.frame_betas)
+        ):
+            p.append(f"--frame-betas must be two numbers in [0, 1), got {self.frame_betas}")
+        if not isinstance(self.model_args, dict):
+            p.append(f"model_args must be a mapping, got {type(self.model_args).__name__}")
+        return p
+
+    @property
+    def regular_frames(self) -> int | None:
+        """R, the regular frames of MOF; ``None`` for the baseline."""
+        return parse_frames(self.frames)[0]
+
+    @property
+    def num_frames(self) -> int:
+        """U, the frames the model sees per video (learnable with MOF, uniform for baseline)."""
+        return parse_frames(self.frames)[1]
+
+    @property
+    def mof(self) -> bool:
+        return self.regular_frames is not None
+
+    @property
+    def alpha(self) -> float:
+        """The inner SGD learning rate: ``inner_lr`` or ``lr`` (phase), 1 (epoch schedule)."""
+        if self.frame_schedule == "epoch":
+            return 1.0
+        return self.lr if self.inner_lr is None else self.inner_lr
+
+    @property
+    def resolved_frame_betas(self) -> tuple[float, float]:
+        if self.frame_betas is not None:
+            return self.frame_betas
+        return (0.5, 0.999) if self.frame_schedule == "epoch" else (0.9, 0.999)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if data["frame_betas"] is not None:
+            data["frame_betas"] = list(data["frame_betas"])
+        return data
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a train config must be a YAML mapping")
+    # Accept the CLI spelling (frame-lr) as well as the field name (frame_lr).
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def load_train_config(
+    config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Build a config: defaults, then ``config_file``, then ``overrides`` (the CLI options).
+
+    With ``resume`` set (in either source), the run's saved ``config.yaml`` is the base and the
+    overrides may only touch :data:`RESUME_OVERRIDABLE` settings.
+
+    Raises:
+        ConfigError: unknown keys, forbidden overrides on resume, or invalid values; every
+            problem is listed.
+    """
+    values: dict[str, Any] = _read_yaml(config_file) if config_file else {}
+    overrides = dict(overrides or {})
+    values.update(overrides)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    problems = [f"unknown setting {k!r}" for k in sorted(set(values) - names)]
+    resume = values.get("resume")
+    if resume:
+        saved_path = Path(resume) / "config.yaml"
+        if not saved_path.is_file():
+            problems.append(f"--resume {resume}: no config.yaml (not a run directory)")
+        else:
+            saved = _read_yaml(saved_path)
+            changed = sorted(k for k, v in values.items() if k in names and k != "out"
+                             and k not in RESUME_OVERRIDABLE and _differs(saved.get(k), v))
+            problems += [f"--{k.replace('_', '-')} cannot change on resume "
+                         f"(run has {saved.get(k)!r}, got {values[k]!r})" for k in changed]
+            saved.update({k: v for k, v in values.items() if k in RESUME_OVERRIDABLE})
+            saved["out"] = str(resume)  # the run continues where it is, even if it was moved
+            values = saved
+    if problems:
+        raise ConfigError("invalid train config:\n  - " + "\n  - ".join(problems))
+    return TrainConfig(**{k: v for k, v in values.items() if k in names})
+
+
+def _differs(saved: Any, given: Any) -> bool:
+    if isinstance(saved, list | tuple) and isinstance(given, list | tuple):
+        return list(saved) != list(given)
+    return saved != given
+
+
+def save_train_config(config: TrainConfig, path: str | Path) -> None:
+    """Write ``config`` as YAML to ``path`` atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,182 @@
+"""The two steps of one MOF phase as functions of tensors (no I/O; the trainer sequences them).
+
+* :func:`model_level_step` — Eq. 7: an AdamW step on Θ with the contrastive loss of the batch's
+  (augmented) learnable frames ε_B, or of its uniform frames for the baseline.
+* :func:`frame_level_update` — Eqs. 10-11: from the updated Θ, the meta-gradient of the
+  regular-frame loss after a temporary SGD step on ε_B (:func:`mof.bilevel.meta_gradient`),
+  pulled back through the augmentation, then the per-video Adam step on ε_B
+  (:func:`mof.bilevel.frame_adam_step`). Θ is never modified by it.
+
+Both steps of a phase run their passes under the same torch seed (dropout), with the same
+captions and crops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mof.bilevel import frame_adam_step, make_loss_fn, meta_gradient, rng_scope
+from mof.loss import contrastive_loss
+from mof.models.base import RetrievalModel
+from mof.train.augment import VideoAugment, apply_augment
+from mof.train.distributed import all_gather_with_grad
+
+__all__ = [
+    "FrameState",
+    "GlobalContrastive",
+    "frame_level_update",
+    "model_level_step",
+]
+
+
+class GlobalContrastive(nn.Module):
+    """The model-level loss of the local batch against the batch gathered from every rank.
+
+    Wrapped in DistributedDataParallel, it makes one DDP forward per step. Local texts are
+    scored against all videos and local videos against all texts, positives at offset
+    ``rank * B`` (``mof.loss`` convention); the gathered embeddings carry gradients back to
+    their ranks, so the averaged DDP gradient is that of the global batch's loss.
+    """
+
+    def __init__(self, model: RetrievalModel, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.model = model
+        self.rank = rank
+        self.world_size = world_size
+
+    def forward(self, video: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
+        """``video`` ``(B, U, 3, H, W)``, text ``(B, L)`` → scalar loss."""
+        text_emb = self.model.encode_text(input_ids, attention_mask)
+        video_emb = self.model.encode_video(video)
+        if self.world_size == 1:
+            return contrastive_loss(self.model.logits(text_emb, video_emb),
+                                    self.model.loss_reduction)
+        all_text, all_video = all_gather_with_grad(text_emb), all_gather_with_grad(video_emb)
+        return contrastive_loss(
+            self.model.logits(text_emb, all_video), self.model.loss_reduction,
+            logits_v2t=self.model.logits(all_text, video_emb).t(),
+            offset=self.rank * text_emb.shape[0],
+        )
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def model_level_step(
+    step_module: nn.Module,
+    model: RetrievalModel,
+    optimizer: torch.optim.Optimizer,
+    frames: torch.Tensor,
+    text: dict[str, torch.Tensor],
+    augment: VideoAugment | None,
+    *,
+    seed: int,
+    amp: bool,
+) -> float:
+    """One AdamW step of Θ on the batch (Eq. 7).
+
+    Args:
+        step_module: :class:`GlobalContrastive` (possibly DDP-wrapped) around ``model``.
+        model: the bare model (its logit scale is clamped after the step, if it has one).
+        optimizer: the model's AdamW.
+        frames: ``(B, U, 3, H, W)`` ε_B (MOF) or uniform frames (baseline); not modified.
+        text: ``input_ids``/``attention_mask`` ``(B, L)``.
+        augment: the phase's crops.
+        seed: the phase's torch seed.
+        amp: bf16 autocast (CUDA only).
+
+    Returns:
+        The loss before the step.
+    """
+    device = frames.device
+    optimizer.zero_grad(set_to_none=True)
+    with rng_scope(seed, device), _autocast(device, amp):
+        loss = step_module(apply_augment(frames.detach(), augment), text["input_ids"],
+                           text["attention_mask"])
+    loss.backward()
+    optimizer.step()
+    clamp = getattr(model, "clamp_logit_scale", None)
+    if callable(clamp):
+        clamp()
+    return float(loss.detach())
+
+
+@dataclass
+class FrameState:
+    """The learnable frames of a batch with their Adam state (one row per video).
+
+    Attributes:
+        frames: float32 ``(B, U, 3, H, W)`` ε_B in normalised model-input space.
+        exp_avg: ``(B, U, 3, H, W)`` first moment. ``exp_avg_sq``: second moment (float32).
+        step: int64 ``(B,)`` Adam steps taken per video.
+    """
+
+    frames: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    step: torch.Tensor
+
+
+def frame_level_update(
+    model: RetrievalModel,
+    state: FrameState,
+    regular: torch.Tensor,
+    text: dict[str, torch.Tensor],
+    augment: VideoAugment | None,
+    *,
+    alpha: float,
+    mode: str,
+    fd_step: float,
+    lr: float,
+    betas: tuple[float, float],
+    seed: int,
+    amp: bool,
+) -> tuple[FrameState, dict[str, float]]:
+    """The frame-level step (Eqs. 10-11) from the current Θ; Θ itself is left untouched.
+
+    Args:
+        model: Θ (after the model-level step); its parameters are read, never written.
+        state: ε_B and its Adam state.
+        regular: ``(B, R, 3, H, W)`` regular frames V^R_B.
+        text: the phase's captions, ``(B, L)``.
+        augment: the phase's crops (the same on ε_B and V^R_B).
+        alpha: learning rate of the temporary SGD step.
+        mode: ``exact``, ``finite-diff`` or ``first-order``.
+        fd_step: relative step of ``finite-diff``.
+        lr, betas: the frames' Adam.
+        seed: the phase's torch seed (dropout of every pass).
+        amp: bf16 autocast for the ``exact`` mode on CUDA (difference estimators stay fp32).
+
+    Returns:
+        The updated :class:`FrameState` and statistics (losses, gradient norm).
+    """
+    device = state.frames.device
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    base_loss = make_loss_fn(model, text["input_ids"], text["attention_mask"],
+                             lambda logits: contrastive_loss(logits, model.loss_reduction))
+    use_amp = amp and mode == "exact"  # difference estimators need fp32 passes
+
+    def loss_fn(theta: dict[str, torch.Tensor], video: torch.Tensor) -> torch.Tensor:
+        with _autocast(device, use_amp):
+            return base_loss(theta, video)
+
+    eps = state.frames.detach().requires_grad_(augment is not None)
+    frames_u = apply_augment(eps, augment)
+    frames_r = apply_augment(regular, augment).detach()
+    result = meta_gradient(loss_fn, params, frames_u.detach(), frames_r, alpha, mode=mode,
+                           fd_step=fd_step, seed=seed)
+    grad = result.grad
+    if augment is not None:  # pull the gradient back through the crop to ε itself
+        (grad,) = torch.autograd.grad(frames_u, eps, grad)
+    frames, exp_avg, exp_avg_sq, step = frame_adam_step(
+        state.frames.detach(), grad.detach().float(), state.exp_avg, state.exp_avg_sq,
+        state.step, lr=lr, betas=betas, eps=1e-8,
+    )
+    stats = {"outer_loss": float(result.outer_loss), "inner_loss": float(result.inner_loss),
+             "meta_grad_norm": float(grad.norm())}
+    return FrameState(frames, exp_avg, exp_avg_sq, step), stats

@@ -1,0 +1,373 @@
+"""The training recipe: ``setup / train / evaluate / save_checkpoint / cleanup``.
+
+The trainer only sequences: data draws (:mod:`mof.train.data`), the model-level and the
+frame-level step (:mod:`mof.train.phases`), store I/O (``pipeline.framestore``), the undo
+journal and checkpoints (:mod:`mof.train.checkpoint`), evaluation (:mod:`mof.evaluate`) and
+logging (:mod:`mof.train.run_log`). One *stage* is a pass over the epoch's batches: ``model``
+(model-level steps, plus frame-level steps under the ``phase`` schedule) or ``frames`` (the
+second pass of the ``epoch`` schedule).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from mof.models.io import save_model
+from mof.train import distributed as dist_utils
+from mof.train.checkpoint import (
+    RowJournal,
+    commit_checkpoint,
+    find_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_trainer_state,
+    set_rng_state,
+)
+from mof.train.config import TrainConfig, save_train_config
+from mof.train.data import RawBatch, TrainStream, draw_phase, phase_seed
+from mof.train.epoch_schedule import frame_lr_at, runs_frame_step
+from mof.train.evaluation import evaluate_run, is_better
+from mof.train.model_setup import build_model, enable_activation_checkpointing
+from mof.train.phases import (
+    FrameState,
+    GlobalContrastive,
+    frame_level_update,
+    model_level_step,
+)
+from mof.train.run_log import RunLog, format_summary
+from mof.train.store_setup import init_store_rows, open_frame_store, scan_train_shards
+from pipeline.framestore import FrameRows
+from pipeline.framestore_io import AsyncFrameIO
+from pipeline.reader import resolve_shards
+
+__all__ = ["Progress", "Trainer"]
+
+
+@dataclass
+class Progress:
+    """Where the run is (saved in ``trainer_state.pt``; the data position is epoch/stage/batch).
+
+    Attributes:
+        epoch: current epoch (0-based). stage: ``model`` or ``frames``.
+        batch: batches of the current stage already done.
+        step: model-level steps done. phase: batches done in any stage (journal order).
+        frame_epochs: completed ``frames`` stages (StepLR of the epoch schedule).
+        loss_sum, loss_count, frame_loss_sum, frame_count: the current epoch's running sums.
+        best, best_epoch: best value of ``metric`` so far and its epoch (1-based).
+        evaluated_step: step of the last evaluation.
+    """
+
+    epoch: int = 0
+    stage: str = "model"
+    batch: int = 0
+    step: int = 0
+    phase: int = 0
+    frame_epochs: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    frame_loss_sum: float = 0.0
+    frame_count: int = 0
+    best: float | None = None
+    best_epoch: int | None = None
+    evaluated_step: int = -1
+
+
+class Trainer:
+    """Baseline or MOF training of one retrieval model (see ``docs/training.md``)."""
+
+    def __init__(self, config: TrainConfig, progress_bar: bool = True):
+        self.cfg = config
+        self.out = Path(config.out)
+        self.progress_bar = progress_bar
+        self.progress = Progress()
+        self.store = self.io = self.journal = None
+        self.log: RunLog | None = None
+        self.last_metrics: dict[str, float] = {}
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Join the process group, scan the shards, build model, optimiser, store; resume."""
+        cfg = self.cfg
+        self.dist = dist_utils.init_distributed(cfg.device)
+        self.device, world = self.dist.device, self.dist.world_size
+        if cfg.batch_size % world:
+            raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {world} ranks")
+        self.amp = cfg.amp and self.device.type == "cuda"
+        resumed = find_checkpoint(self.out / "checkpoints") if cfg.resume else None
+        if not cfg.resume and (self.out / "config.yaml").exists():
+            raise FileExistsError(f"{self.out} already holds a run: pass --resume {self.out} "
+                                  "to continue it, or choose another --out")
+        self.shards = resolve_shards(cfg.train.split(",") if "," in cfg.train else cfg.train)
+        self.index = scan_train_shards(self.shards, self.dist, cfg.workers)
+        if cfg.mof and cfg.regular_frames > self.index.stored_frames:
+            raise ValueError(f"--frames {cfg.frames}: R = {cfg.regular_frames} but the shards "
+                             f"store {self.index.stored_frames} frames per video")
+        self.model = build_model(cfg.model, cfg.model_args, self.index.captions, cfg.seed,
+                                 resumed).to(self.device)
+        if cfg.grad_checkpointing:
+            enable_activation_checkpointing(self.model)
+        self.model.set_attention("fused")
+        self.step_module = GlobalContrastive(self.model, self.dist.rank, world)
+        if self.dist.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_module = DistributedDataParallel(self.step_module, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay, eps=1e-6)
+        self.stream = TrainStream(self.shards, batch_size=cfg.batch_size // world, seed=cfg.seed,
+                                  rank=self.dist.rank, world_size=world, workers=cfg.workers,
+                                  shuffle=cfg.shuffle_buffer)
+        if resumed is not None:
+            state = load_trainer_state(resumed)
+            self.progress = Progress(**state["progress"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+        if cfg.mof:
+            self._setup_store()
+        if self.dist.is_main:
+            save_train_config(cfg, self.out / "config.yaml")
+        self.log = RunLog(self.out, self.dist.is_main,
+                          resume_step=self.progress.step if cfg.resume else None)
+        dist_utils.barrier()
+
+    def _setup_store(self) -> None:
+        cfg, dist = self.cfg, self.dist
+        self.store = open_frame_store(
+            self.out / "mof.zarr", self.index, self.model.contract, num_frames=cfg.num_frames,
+            regular_frames=cfg.regular_frames, shards=self.shards, dtype=cfg.store_dtype,
+            dist=dist)
+        init_store_rows(self.store, self.shards, self.model.contract, num_frames=cfg.num_frames,
+                        dist=dist, workers=cfg.workers)
+        self.journal = RowJournal(self.out / "journal", dist.rank)
+        generation = self.progress.phase
+        if dist.is_main:  # put back the rows written after the checkpoint being resumed
+            for rows, arrays in self.journal.pending(generation):
+                self.store.write(rows, FrameRows(**arrays))
+            self.journal.drop_except(None)
+            self.store.set_last_phase(generation)
+        dist_utils.barrier()
+        self.journal.start(generation)
+        self.io = AsyncFrameIO(self.store)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        """Run the remaining epochs; returns the summary printed at the end."""
+        cfg, p = self.cfg, self.progress
+        started = time.time()
+        while p.epoch < cfg.epochs and not self._out_of_steps():
+            if p.stage == "model" and not self._run_stage("model"):
+                break  # --max-steps reached inside the epoch
+            if cfg.mof and cfg.frame_schedule == "epoch":
+                if p.stage == "model":
+                    p.stage, p.batch = "frames", 0
+                self._run_stage("frames")
+                p.frame_epochs += 1
+            self._end_epoch()
+        if cfg.test and p.evaluated_step != p.step:  # stopped by --max-steps
+            self.log.add_row({"epoch": p.epoch + 1, "step": p.step, **self.evaluate()})
+            self.save_checkpoint()
+        return self._summary(time.time() - started)
+
+    def _out_of_steps(self) -> bool:
+        return self.cfg.max_steps is not None and self.progress.step >= self.cfg.max_steps
+
+    def _end_epoch(self) -> None:
+        cfg, p = self.cfg, self.progress
+        row = {"epoch": p.epoch + 1, "step": p.step,
+               "train_loss": p.loss_sum / max(p.loss_count, 1)}
+        if p.frame_count:
+            row["frame_outer_loss"] = p.frame_loss_sum / p.frame_count
+        p.epoch, p.stage, p.batch = p.epoch + 1, "model", 0
+        p.loss_sum = p.frame_loss_sum = 0.0
+        p.loss_count = p.frame_count = 0
+        self.log.scalars({f"epoch/{k}": v for k, v in row.items() if k != "step"}, p.step)
+        if cfg.test and (p.epoch % cfg.eval_every == 0 or p.epoch == cfg.epochs):
+            row.update(self.evaluate())
+        if cfg.test is None or p.evaluated_step == p.step:
+            self.log.add_row(row)  # one row per evaluation (per epoch without --test)
+        self.save_checkpoint()
+
+    def _batches(self, stage: str):
+        """This stage's remaining batches with their store rows prefetched one batch ahead."""
+        p = self.progress
+        it = self.stream.epoch(p.epoch, skip=p.batch)
+        batch = next(it, None)
+        pending = self.io.prefetch(self._rows(batch)) if self.io and batch else None
+        while dist_utils.all_reduce_min(int(batch is not None)):
+            upcoming = next(it, None)
+            state = self.io.get(pending) if pending is not None else None
+            pending = (self.io.prefetch(self._rows(upcoming))
+                       if self.io and upcoming is not None else None)
+            yield batch, state
+            batch = upcoming
+
+    def _rows(self, batch: RawBatch) -> np.ndarray:
+        return self.store.row_of(batch.keys)
+
+    def _run_stage(self, stage: str) -> bool:
+        """One pass of ``stage``; ``False`` when ``--max-steps`` stopped it early."""
+        cfg, p = self.cfg, self.progress
+        desc = f"epoch {p.epoch + 1}/{cfg.epochs}" + (" frames" if stage == "frames" else "")
+        bar = tqdm(desc=desc, unit="batch", initial=p.batch, dynamic_ncols=True,
+                   total=min(self.index.rank_samples) // (cfg.batch_size // self.dist.world_size),
+                   disable=not (self.progress_bar and self.dist.is_main))
+        tick = time.time()
+        for batch, state in self._batches(stage):
+            if stage == "model":
+                postfix = self._phase(batch, state)
+                p.step += 1
+            else:
+                postfix = self._frame_batch(batch, state, stage_seed=1)
+            p.batch += 1
+            p.phase += 1
+            now = time.time()
+            postfix["videos/s"] = len(batch.keys) * self.dist.world_size / max(now - tick, 1e-9)
+            tick = now
+            bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()})
+            bar.update()
+            if p.step % cfg.log_every == 0 and stage == "model":
+                self.log.scalars({f"train/{k}": v for k, v in postfix.items()}, p.step)
+            if cfg.checkpoint_every and p.phase % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if stage == "model" and self._out_of_steps():
+                bar.close()
+                self.save_checkpoint()
+                return False
+        bar.close()
+        return True
+
+    def _phase(self, batch: RawBatch, state: FrameRows | None) -> dict[str, float]:
+        """One phase: model-level step, then (MOF, phase schedule) the frame-level step."""
+        cfg, p = self.cfg, self.progress
+        frame_step = runs_frame_step(cfg, p.step)
+        draw = draw_phase(
+            batch, self.model, seed=phase_seed(cfg.seed, p.epoch, p.batch, self.dist.rank),
+            num_frames=cfg.num_frames, regular_frames=cfg.regular_frames if frame_step else None,
+            augment=cfg.augment, crop_scale=cfg.crop_scale, device=self.device,
+            need_uniform=not cfg.mof)
+        frames = (torch.from_numpy(state.frames).to(self.device) if cfg.mof
+                  else draw.frames_uniform)
+        self.model.train()
+        loss = model_level_step(self.step_module, self.model, self.optimizer, frames, draw.text,
+                                draw.augment, seed=draw.torch_seed, amp=self.amp)
+        p.loss_sum, p.loss_count = p.loss_sum + loss, p.loss_count + 1
+        stats = {"loss": loss}
+        if frame_step:
+            stats.update(self._frame_update(batch, state, draw, lr=cfg.frame_lr))
+        return stats
+
+    def _frame_batch(self, batch: RawBatch, state: FrameRows, stage_seed: int
+                     ) -> dict[str, float]:
+        """A batch of the ``frames`` stage (epoch schedule): Θ fixed, eval mode, α = 1."""
+        cfg, p = self.cfg, self.progress
+        draw = draw_phase(
+            batch, self.model,
+            seed=phase_seed(cfg.seed, p.epoch, p.batch, self.dist.rank, stage_seed),
+            num_frames=cfg.num_frames, regular_frames=cfg.regular_frames, augment=cfg.augment,
+            crop_scale=cfg.crop_scale, device=self.device, need_uniform=False)
+        self.model.eval()
+        return self._frame_update(batch, state, draw, lr=frame_lr_at(cfg, p.frame_epochs))
+
+    def _frame_update(self, batch: RawBatch, state: FrameRows, draw, lr: float
+                      ) -> dict[str, float]:
+        cfg, p = self.cfg, self.progress
+        dev = self.device
+        current = FrameState(*(torch.from_numpy(getattr(state, n)).to(dev)
+                               for n in ("frames", "exp_avg", "exp_avg_sq", "step")))
+        if cfg.meta_grad == "exact":
+            self.model.set_attention("math")  # fused kernels have no double backward
+        try:
+            new, stats = frame_level_update(
+                self.model, current, draw.frames_regular, draw.text, draw.augment,
+                alpha=cfg.alpha, mode=cfg.meta_grad, fd_step=cfg.fd_step, lr=lr,
+                betas=cfg.resolved_frame_betas, seed=draw.torch_seed, amp=self.amp)
+        finally:
+            self.model.set_attention("fused")
+        rows = self._rows(batch)
+        self.journal.record(p.phase, rows, {n: getattr(state, n) for n in
+                                            ("frames", "exp_avg", "exp_avg_sq", "step")})
+        self.io.write(rows, FrameRows(*(getattr(new, n).detach().cpu().numpy() for n in
+                                        ("frames", "exp_avg", "exp_avg_sq", "step"))))
+        p.frame_loss_sum, p.frame_count = p.frame_loss_sum + stats["outer_loss"], p.frame_count + 1
+        return {"frame_loss": stats["outer_loss"], "meta_grad": stats["meta_grad_norm"]}
+
+    # -- evaluation and checkpoints ----------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate on ``--test`` (rank 0; U uniform frames); updates the best metric."""
+        cfg, p = self.cfg, self.progress
+        metrics: dict[str, float] = {}
+        if self.dist.is_main:
+            metrics = evaluate_run(self.model, cfg.test, cfg.num_frames, cfg.eval_batch_size,
+                                   self.out / "eval" / f"step{p.step:07d}.json",
+                                   progress=self.progress_bar)
+            if cfg.metric not in metrics:
+                raise KeyError(f"--metric {cfg.metric!r} is not among the evaluation metrics "
+                               f"{sorted(metrics)}")
+            value = metrics[cfg.metric]
+            improved = p.best is None or is_better(cfg.metric, value, p.best)
+            if improved:
+                p.best, p.best_epoch = value, p.epoch
+            metrics["is_best"] = float(improved)
+        p.evaluated_step = p.step
+        self.last_metrics = dist_utils.broadcast_object(metrics)
+        dist_utils.barrier()
+        return {k: v for k, v in self.last_metrics.items() if k != "is_best"}
+
+    def save_checkpoint(self) -> None:
+        """Flush the store, write ``checkpoints/last`` (and ``best``), start a new journal."""
+        p = self.progress
+        if self.io is not None:
+            self.io.flush()
+        dist_utils.barrier()
+        if self.dist.is_main:
+            if self.store is not None:
+                self.store.set_last_phase(p.phase)
+            root = self.out / "checkpoints"
+            if self.last_metrics.get("is_best") and p.evaluated_step == p.step:
+                commit_checkpoint(root, "best", self._write_checkpoint)
+            commit_checkpoint(root, "last", self._write_checkpoint)
+        dist_utils.barrier()
+        if self.journal is not None:
+            self.journal.start(p.phase)
+            if self.dist.is_main:
+                self.journal.drop_except(p.phase)
+        dist_utils.barrier()
+
+    def _write_checkpoint(self, directory: Path) -> None:
+        save_model(self.model, directory)
+        save_trainer_state(directory, {"progress": asdict(self.progress),
+                                       "optimizer": self.optimizer.state_dict(),
+                                       "rng": rng_state(), "config": self.cfg.to_dict()})
+
+    def _summary(self, seconds: float) -> dict[str, Any]:
+        p, cfg = self.progress, self.cfg
+        summary: dict[str, Any] = {
+            "run": str(self.out), "mode": f"MOF {cfg.frames}" if cfg.mof else
+            f"baseline {cfg.num_frames} frames", "epochs": p.epoch, "steps": p.step,
+            "wall time (s)": seconds,
+        }
+        if p.best is not None:
+            summary[f"best {cfg.metric}"] = p.best
+            summary["best epoch"] = p.best_epoch
+        summary.update({k: v for k, v in self.last_metrics.items() if k != "is_best"})
+        if self.dist.is_main and self.progress_bar:
+            print("training finished\n" + format_summary(summary), flush=True)
+        return summary
+
+    def cleanup(self) -> None:
+        """Stop the store's I/O threads, close logs, leave the process group."""
+        if self.io is not None:
+            self.io.close()
+        if self.log is not None:
+            self.log.close()
+        dist_utils.cleanup_distributed()

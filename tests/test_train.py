@@ -1,0 +1,207 @@
+"""The trainer end to end on tiny synthetic shards: real videos, shards, Zarr store, CPU.
+
+The shards are generated once per session (:func:`train_data`, also used by the resume and
+DDP tests): 12 training and 4 test videos of 2 s, 8 stored frames of 64 px, 3 videos a shard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from mof.models import create_model
+from mof.models.io import load_model
+from mof.train import ConfigError, TrainConfig, load_train_config, train
+from mof.train.phases import FrameState, frame_level_update
+from mof.train.trainer import Trainer
+from pipeline.framestore import FrameStore
+
+STORED_FRAMES = 8
+TRAIN_VIDEOS = 12
+
+
+def make_train_data(base: Path) -> dict[str, str]:
+    """Synthesise and shard the tiny dataset under ``base`` unless it is already there."""
+    from pipeline.shard import ShardConfig, write_shards
+    from pipeline.synth import SynthConfig, generate_synthetic
+
+    paths = {split: str(base / split) for split in ("train", "test")}
+    if not (base / "test" / "index.json").is_file():
+        generate_synthetic(SynthConfig(out=base / "raw", train=TRAIN_VIDEOS, test=4,
+                                       duration_s=2.0, captions=3, progress=False))
+        for split in ("train", "test"):
+            write_shards(ShardConfig(dataset="synthetic", root=str(base / "raw"), split=split,
+                                     out=paths[split], frames=STORED_FRAMES, size=64,
+                                     backend="ffmpeg", workers=2, shard_size=3),
+                         progress=False)
+    return paths
+
+
+def session_train_data(tmp_path_factory) -> dict[str, str]:
+    """The session's tiny dataset (the resume and DDP tests make it their fixture too)."""
+    return make_train_data(tmp_path_factory.getbasetemp() / "train_data")
+
+
+def single_thread():
+    """Run a test with one torch thread (the resume and DDP tests use it too).
+
+    The CPU is shared: two OpenMP threads spinning against other processes run a tiny model
+    ten times slower than one thread.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+train_data = pytest.fixture(scope="session")(session_train_data)
+one_thread = pytest.fixture(autouse=True)(single_thread)
+
+
+def tiny_config(data: dict[str, str], out: Path, **overrides) -> TrainConfig:
+    """A run of frozen-tiny that takes seconds: one epoch of 3 batches of 4 videos."""
+    settings = {"model": "frozen-tiny", "train": data["train"], "test": None, "out": str(out),
+                "frames": "8:2", "epochs": 1, "batch_size": 4, "lr": 1e-3, "workers": 0,
+                "shuffle_buffer": 4}
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def read_store(run: Path):
+    store = FrameStore.open(Path(run) / "mof.zarr")
+    return store, store.read(np.arange(store.num_videos))
+
+
+def test_cli_baseline_end_to_end(train_data, tmp_path):
+    from cli import main
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, [
+        "train", "--model", "frozen-tiny", "--train", train_data["train"], "--test",
+        train_data["test"], "--out", str(run), "--frames", "2", "--epochs", "1",
+        "--batch-size", "4", "--lr", "1e-3", "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["frames"] == "2" and saved["lr"] == 1e-3 and saved["frame_lr"] == 8e-4
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and "t2v/R@1" in rows[0].split(",")
+    for name in ("last", "best"):
+        assert (run / "checkpoints" / name / "trainer_state.pt").is_file()
+    assert not (run / "mof.zarr").exists()  # the baseline keeps no learnable frames
+    model = load_model(run / "checkpoints" / "last")
+    assert model.spec["name"] == "frozen-tiny"
+    assert list((run / "tb").iterdir())
+
+
+def test_mof_end_to_end_updates_every_row_once(train_data, tmp_path):
+    run = tmp_path / "mof"
+    summary = train(tiny_config(train_data, run, test=train_data["test"]), progress=False)
+    assert summary["steps"] == TRAIN_VIDEOS // 4
+    store, rows = read_store(run)
+    assert store.num_videos == TRAIN_VIDEOS and store.last_phase == TRAIN_VIDEOS // 4
+    assert (rows.step == 1).all()  # one frame-level Adam step per video and epoch
+    assert np.isfinite(rows.frames).all() and (rows.exp_avg_sq > 0).any()
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "step", "train_loss", "frame_outer_loss", "t2v/R@1"} <= set(header)
+    assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("meta_grad", ["exact", "finite-diff"])
+def test_one_phase_changes_exactly_the_rows_of_its_batch(train_data, tmp_path, meta_grad):
+    trainer = Trainer(tiny_config(train_data, tmp_path / "run", meta_grad=meta_grad),
+                      progress_bar=False)
+    try:
+        trainer.setup()
+        _, before = read_store(tmp_path / "run")
+        batch, state = next(trainer._batches("model"))
+        trainer._phase(batch, state)
+        trainer.io.flush()
+        rows = trainer.store.row_of(batch.keys)
+    finally:
+        trainer.cleanup()
+    _, after = read_store(tmp_path / "run")
+    others = np.setdiff1d(np.arange(TRAIN_VIDEOS), rows)
+    for name in ("frames", "exp_avg", "exp_avg_sq", "step"):
+        assert np.array_equal(getattr(after, name)[others], getattr(before, name)[others]), name
+    assert (after.step[rows] == before.step[rows] + 1).all()
+    changed = np.abs(after.frames[rows] - before.frames[rows]).reshape(len(rows), -1).max(1)
+    assert (changed > 0).all()
+
+
+@pytest.mark.parametrize("meta_grad", ["exact", "finite-diff", "first-order"])
+def test_frame_level_step_leaves_the_model_untouched(meta_grad):
+    torch.manual_seed(0)
+    model = create_model("frozen-tiny").train()
+    model.set_attention("math" if meta_grad == "exact" else "fused")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    b, u, r, size = 3, 2, 4, model.contract.frame_size
+    state = FrameState(torch.randn(b, u, 3, size, size), torch.zeros(b, u, 3, size, size),
+                       torch.zeros(b, u, 3, size, size), torch.zeros(b, dtype=torch.long))
+    text = model.tokenize(["a red circle", "a blue square", "a green star"])
+    new, stats = frame_level_update(
+        model, state, torch.randn(b, r, 3, size, size), text, None, alpha=1e-3, mode=meta_grad,
+        fd_step=1e-3, lr=8e-4, betas=(0.9, 0.999), seed=1, amp=False)
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]), name
+        assert param.grad is None, name
+    assert (new.step == 1).all() and not torch.equal(new.frames, state.frames)
+    assert np.isfinite(stats["outer_loss"])
+
+
+def test_epoch_schedule_steps_every_video_once_per_epoch(train_data, tmp_path):
+    run = tmp_path / "epoch"
+    train(tiny_config(train_data, run, frame_schedule="epoch", augment="none"), progress=False)
+    store, rows = read_store(run)
+    assert (rows.step == 1).all()
+    assert store.last_phase == 2 * TRAIN_VIDEOS // 4  # a model pass and a frame pass
+
+
+def test_frame_step_every_k_skips_batches(train_data, tmp_path):
+    run = tmp_path / "every2"
+    train(tiny_config(train_data, run, frame_step_every=2), progress=False)
+    _, rows = read_store(run)
+    # Batches 0 and 2 of the 3 take a frame-level step; batch 1 does not.
+    assert sorted(rows.step.tolist()) == [0] * 4 + [1] * 8
+
+
+def test_config_reports_every_problem_at_once():
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(model="", train="x", out="y", frames="4:8", batch_size=1, lr=0,
+                    meta_grad="second-order", crop_scale=2.0, frame_betas=(0.9,))
+    message = str(err.value)
+    for fragment in ("--model is required", "R must be >= U", "--batch-size", "--lr",
+                     "--meta-grad", "--crop-scale", "--frame-betas"):
+        assert fragment in message
+
+
+def test_yaml_config_then_command_line_options(tmp_path):
+    from mof.train.cli_options import config_from_options
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": "frozen-tiny", "train": "shards", "out": "runs/a",
+                                    "frames": "16:4", "lr": 0.01, "frame-lr": 0.002,
+                                    "epochs": 3}))
+    config = config_from_options({"config_file": str(path), "lr": 0.5, "epochs": None,
+                                  "model_arg": ("depth=3",), "quiet": True})
+    assert (config.lr, config.frame_lr, config.epochs) == (0.5, 0.002, 3)
+    assert (config.regular_frames, config.num_frames, config.model_args) == (16, 4, {"depth": 3})
+    assert config.batch_size == TrainConfig.batch_size  # untouched: the dataclass default
+    path.write_text(yaml.safe_dump({"model": "m", "train": "t", "out": "o", "lerning_rate": 1}))
+    with pytest.raises(ConfigError, match="unknown setting 'lerning_rate'"):
+        load_train_config(path)
+
+
+def test_resume_rejects_changed_settings(tmp_path):
+    from mof.train import save_train_config
+
+    save_train_config(TrainConfig(model="frozen-tiny", train="t", out=str(tmp_path)),
+                      tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match="--lr cannot change on resume"):
+        load_train_config(None, {"resume": str(tmp_path), "lr": 0.1, "epochs": 20})
+    config = load_train_config(None, {"resume": str(tmp_path), "epochs": 20})
+    assert config.epochs == 20 and config.model == "frozen-tiny"

@@ -1,0 +1,93 @@
+"""Resuming reaches the parameters and frames of an uninterrupted run, after a clean stop and
+after a SIGKILL of a real ``mof-cli train`` process in the middle of an epoch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import session_train_data, single_thread, tiny_config
+
+from mof.train import load_train_config, train
+from pipeline.framestore import FrameStore
+
+train_data = pytest.fixture(scope="session")(session_train_data)
+one_thread = pytest.fixture(autouse=True)(single_thread)
+
+EPOCHS = 2  # 3 batches each: the interruptions below fall inside the second epoch
+
+
+def run_state(run: Path) -> dict[str, np.ndarray]:
+    """Model weights of ``checkpoints/last`` and every array of the MOF store."""
+    state = {k: v.numpy() for k, v in
+             load_file(run / "checkpoints" / "last" / "model.safetensors").items()}
+    store = FrameStore.open(run / "mof.zarr")
+    rows = store.read(np.arange(store.num_videos))
+    state.update({f"store.{n}": getattr(rows, n)
+                  for n in ("frames", "exp_avg", "exp_avg_sq", "step")})
+    return state
+
+
+def assert_same_state(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-6, err_msg=name)
+    assert not np.array_equal(want["store.frames"], np.zeros_like(want["store.frames"]))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(train_data, tmp_path_factory) -> dict[str, np.ndarray]:
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("uninterrupted")
+    train(tiny_config(train_data, run, epochs=EPOCHS), progress=False)
+    return run_state(run)
+
+
+def test_stop_and_resume_matches_uninterrupted(train_data, tmp_path, uninterrupted):
+    run = tmp_path / "run"
+    first = train(tiny_config(train_data, run, epochs=EPOCHS, max_steps=4), progress=False)
+    assert first["steps"] == 4 and first["epochs"] == 1  # stopped inside the second epoch
+    resumed = train(load_train_config(None, {"resume": str(run), "max_steps": None}),
+                    progress=False)
+    assert resumed["steps"] == 3 * EPOCHS
+    assert_same_state(run_state(run), uninterrupted)
+
+
+def _journal_entries(run: Path, after_generation: int) -> list[Path]:
+    journal = run / "journal"
+    if not journal.is_dir():
+        return []
+    return [f for d in journal.iterdir() if d.name.isdigit() and int(d.name) >= after_generation
+            for f in d.glob("*.npz")]
+
+
+def test_sigkill_and_resume_matches_uninterrupted(train_data, tmp_path, uninterrupted):
+    run = tmp_path / "killed"
+    command = [str(Path(sys.executable).parent / "mof-cli"), "train",
+               "--model", "frozen-tiny", "--train", train_data["train"], "--out", str(run),
+               "--frames", "8:2", "--epochs", str(EPOCHS), "--batch-size", "4", "--lr", "1e-3",
+               "--workers", "0", "--shuffle-buffer", "4", "--checkpoint-every", "2", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    deadline = time.time() + 120
+    # Kill once a phase after the second checkpoint has journaled its rows: the store on disk
+    # is then ahead of the checkpoint, and only the journal can bring it back.
+    while proc.poll() is None and time.time() < deadline and not _journal_entries(run, 2):
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    resumed = train(load_train_config(None, {"resume": str(run)}), progress=False)
+    assert resumed["steps"] == 3 * EPOCHS
+    assert not _journal_entries(run, 0)  # dropped at the final checkpoint
+    assert_same_state(run_state(run), uninterrupted)
