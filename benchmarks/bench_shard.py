@@ -23,6 +23,7 @@ clips, >= 1.5x faster than decode-all on short-GOP clips).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -287,6 +288,18 @@ def report(table, clips, rs, fractions) -> list[str]:
     return lines + [""] + checks
 
 
+def _machine() -> str:
+    """CPU model and core count, e.g. ``AMD EPYC x 2 cores``."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} x {os.cpu_count()} cores"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -330,7 +343,7 @@ def main() -> None:
     check_outputs(clips, rs[0], with_dali)
     table = measure(clips, methods, rs, repeats)
     print(
-        f"\n{date.today()}  {platform.processor() or platform.machine()}, "
+        f"\n{date.today()}  {_machine()}, "
         f"S={SIZE}, clips {durations} s, median of {repeats}, "
         f"backends: {', '.join(available_backends())}\n"
     )
