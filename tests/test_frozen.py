@@ -124,6 +124,47 @@ def test_config_reports_all_problems():
         create_model("frozen-tiny", max_frame=4)
 
 
+def test_state_dict_keys_are_frozens():
+    # Frozen's released 4-frame model: 327 keys (text 100, video 223, projections 4) in
+    # registration order, 180.9M parameters. Built on the meta device: no memory, no init.
+    with torch.device("meta"):
+        model = create_model("frozen", max_frames=4)
+    state = model.state_dict()
+    keys = list(state)
+    assert len(keys) == 327 and keys[0] == "text_model.embeddings.word_embeddings.weight"
+    assert sum(k.startswith("text_model.") for k in keys) == 100
+    assert keys[100:104] == ["video_model.cls_token", "video_model.pos_embed",
+                             "video_model.temporal_embed", "video_model.patch_embed.proj.weight"]
+    block = [k[len("video_model.blocks.0."):] for k in keys if k.startswith("video_model.blocks.0.")]
+    assert [k.rsplit(".", 1)[0] for k in block[::2]] == [
+        "norm1", "attn.qkv", "attn.proj", "timeattn.qkv", "timeattn.proj", "norm2", "mlp.fc1",
+        "mlp.fc2", "norm3"]
+    assert keys[-4:] == ["txt_proj.1.weight", "txt_proj.1.bias", "vid_proj.0.weight",
+                         "vid_proj.0.bias"]
+    assert state["video_model.pos_embed"].shape == (1, 197, 768)
+    assert state["video_model.temporal_embed"].shape == (1, 4, 768)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == 180.9
+
+
+@pytest.mark.gpu
+def test_tiny_on_gpu_math_fused_and_double_backward():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = create_model("frozen-tiny").cuda().eval()
+    video = torch.randn(2, 4, 3, 64, 64, device="cuda", requires_grad=True)
+    ids = torch.tensor([[2, 1, 3], [2, 1, 3]], device="cuda")
+    mask = torch.ones_like(ids)
+    model.set_attention("fused")
+    fused = model(video, ids, mask)
+    model.set_attention("math")
+    math_out = model(video, ids, mask)
+    torch.testing.assert_close(fused, math_out, atol=1e-3, rtol=1e-3)
+    grads = torch.autograd.grad(math_out.logsumexp(1).sum(), list(model.parameters()),
+                                create_graph=True)
+    (meta,) = torch.autograd.grad(sum((g * g).sum() for g in grads), video)
+    assert torch.isfinite(meta).all() and meta.abs().sum() > 0
+
+
 # ------------------------------------------------------------------- temporal-embedding resize
 def test_resize_temporal_embed_modes():
     embed = torch.arange(3 * 2, dtype=torch.float32).reshape(1, 3, 2)
