@@ -265,18 +265,20 @@ def decode_planned(
     Returns:
         ``(frames, decoded, sample)``: uint8 ``(S, S, 3)`` frames keyed by the timestamp of
         each target that came out of the decoder, the number of frames decoded, and one
-        decoded target frame (for its properties) or ``None``.
+        decoded target frame (for its properties) or ``None``. ``frames`` is empty when the
+        decoder returns timestamps out of order: the labels do not follow the display order
+        (e.g. packed B-frames in an AVI), so matching by timestamp would pick wrong frames.
     """
     assert index.frame_pts is not None
     wanted = {index.frame_pts[t] for t in targets}
     out: dict[int, np.ndarray] = {}
-    decoded, sample = 0, None
+    decoded, sample, last = 0, None, None
     packets, pos = index.packets, 0
     for start, group in plan_groups(index, targets):
         if start > pos:
             # Jump over GOPs without a target: forget the decoder's state, as after a seek.
             cc.flush_buffers()
-            pos = start
+            pos, last = start, None
         while not group <= out.keys() and pos <= len(packets):
             # Past the last packet, None drains the frames the decoder still holds.
             packet = packets[pos] if pos < len(packets) else None
@@ -285,6 +287,10 @@ def decode_planned(
                 cc.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
             for frame in decode_packet(cc, packet):
                 decoded += 1
+                if frame.pts is not None:
+                    if last is not None and frame.pts <= last:
+                        return {}, decoded, None
+                    last = frame.pts
                 if frame.pts in wanted and frame.pts not in out:
                     out[frame.pts] = frame_to_rgb(frame, size)
                     sample = frame
@@ -361,9 +367,7 @@ def decode_pyav(path: Path, num_frames: int, size: int) -> DecodedVideo:
             if len(by_pts) == len(set(indices)):
                 frames = [by_pts[index.frame_pts[i]] for i in indices]
             else:
-                log.debug(
-                    "%s: planned decode missed targets; decoding sequentially", path
-                )
+                log.debug("%s: timestamps cannot place the targets; decoding all", path)
         if frames is None:
             frames, indices, n, sample = decode_sequential(
                 cc, index.packets, n, num_frames, size

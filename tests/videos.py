@@ -33,6 +33,7 @@ __all__ = [
     "quadrant_colours",
     "read_index",
     "remux",
+    "transcode",
     "truncate",
 ]
 
@@ -240,6 +241,16 @@ def remux(
         _run_ffmpeg(
             ["-i", str(src), "-c", "copy", "-f", container_format, "pipe:1"], stdout=out
         )
+    return dst
+
+
+def transcode(src: str | Path, dst: str | Path, *args: str) -> Path:
+    """Re-encode ``src`` with the FFmpeg binary and the given output options.
+
+    For encoders PyAV's FFmpeg lacks, e.g. ``transcode(a, "b.avi", "-c:v", "libxvid")``.
+    """
+    dst = Path(dst)
+    _run_ffmpeg(["-i", str(src), *args, str(dst)])
     return dst
 
 
