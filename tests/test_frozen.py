@@ -135,7 +135,8 @@ def test_state_dict_keys_are_frozens():
     assert sum(k.startswith("text_model.") for k in keys) == 100
     assert keys[100:104] == ["video_model.cls_token", "video_model.pos_embed",
                              "video_model.temporal_embed", "video_model.patch_embed.proj.weight"]
-    block = [k[len("video_model.blocks.0."):] for k in keys if k.startswith("video_model.blocks.0.")]
+    prefix = "video_model.blocks.0."
+    block = [k[len(prefix):] for k in keys if k.startswith(prefix)]
     assert [k.rsplit(".", 1)[0] for k in block[::2]] == [
         "norm1", "attn.qkv", "attn.proj", "timeattn.qkv", "timeattn.proj", "norm2", "mlp.fc1",
         "mlp.fc2", "norm3"]
@@ -329,6 +330,46 @@ def test_timm_vit_file_formats(tmp_path):
                          num_heads=3, max_frames=2, text=SMALL["text"]).eval()
     _compare_with_timm(vit, model.video_model)
     assert model.sources["vit_weights"] == path
+
+
+def _to_jax_npz(vit, path: Path) -> None:
+    """Write a timm ViT as Google's original JAX ``.npz`` (the inverse of timm's reader)."""
+    sd = {k: v.detach() for k, v in vit.state_dict().items()}
+    heads, dim = vit.blocks[0].attn.num_heads, vit.embed_dim
+    out = {"embedding/kernel": sd["patch_embed.proj.weight"].permute(2, 3, 1, 0),
+           "embedding/bias": sd["patch_embed.proj.bias"], "cls": sd["cls_token"],
+           "Transformer/posembed_input/pos_embedding": sd["pos_embed"],
+           "Transformer/encoder_norm/scale": sd["norm.weight"],
+           "Transformer/encoder_norm/bias": sd["norm.bias"]}
+    for i in range(len(vit.blocks)):
+        b, jb = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        mha = jb + "MultiHeadDotProductAttention_1/"
+        for j, name in enumerate(("query", "key", "value")):
+            w = sd[b + "attn.qkv.weight"][j * dim:(j + 1) * dim]
+            out[f"{mha}{name}/kernel"] = w.t().reshape(dim, heads, -1)
+            bias = sd[b + "attn.qkv.bias"][j * dim:(j + 1) * dim]
+            out[f"{mha}{name}/bias"] = bias.reshape(heads, -1)
+        proj = sd[b + "attn.proj.weight"]
+        out[mha + "out/kernel"] = proj.reshape(dim, heads, -1).permute(1, 2, 0)
+        out[mha + "out/bias"] = sd[b + "attn.proj.bias"]
+        for ln, norm in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
+            out[f"{jb}{ln}/scale"] = sd[b + norm + ".weight"]
+            out[f"{jb}{ln}/bias"] = sd[b + norm + ".bias"]
+        for r in range(2):
+            out[f"{jb}MlpBlock_3/Dense_{r}/kernel"] = sd[f"{b}mlp.fc{r + 1}.weight"].t()
+            out[f"{jb}MlpBlock_3/Dense_{r}/bias"] = sd[f"{b}mlp.fc{r + 1}.bias"]
+    np.savez(path, **{k: v.contiguous().numpy() for k, v in out.items()})
+
+
+def test_timm_vit_from_original_jax_npz(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=0).eval()
+    _to_jax_npz(vit, tmp_path / "ViT-B_16.npz")
+    video_model = SpaceTimeTransformer(frame_size=32, dim=32, depth=2, num_heads=2, max_frames=2)
+    load_timm_vit(video_model.eval(), tmp_path / "ViT-B_16.npz")
+    _compare_with_timm(vit, video_model)
 
 
 # ------------------------------------------------------------------------------ DistilBERT

@@ -37,7 +37,8 @@ TemporalFix = Literal["zeros", "nearest", "bilinear"]
 # Keys of a timm ViT that the SpaceTimeTransformer has no use for (classifier head).
 _TIMM_DROPPED = re.compile(r"^(head|pre_logits)\.")
 # Keys a timm state_dict never provides: left at their initialisation.
-_TIME_ONLY = re.compile(r"^(temporal_embed|blocks\.\d+\.(timeattn\.(qkv|proj)|norm3)\.(weight|bias))$")
+_TIME_ONLY = re.compile(
+    r"^(temporal_embed|blocks\.\d+\.(timeattn\.(qkv|proj)|norm3)\.(weight|bias))$")
 
 
 def frozen_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -54,7 +55,9 @@ def frozen_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
-def resize_temporal_embed(embed: torch.Tensor, frames: int, mode: TemporalFix = "zeros") -> torch.Tensor:
+def resize_temporal_embed(
+    embed: torch.Tensor, frames: int, mode: TemporalFix = "zeros"
+) -> torch.Tensor:
     """Resize ``(1, T, D)`` temporal embeddings to ``(1, frames, D)``.
 
     More rows than ``frames`` are truncated. Fewer are zero-padded (``zeros``, Frozen's
@@ -147,17 +150,20 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str | 
     module.load_state_dict(state, strict=True)
 
 
-def read_timm_vit(path: str | Path, video: SpaceTimeTransformer | None = None) -> dict[str, torch.Tensor]:
+def read_timm_vit(
+    path: str | Path, video: SpaceTimeTransformer | None = None
+) -> dict[str, torch.Tensor]:
     """A timm ViT state_dict from ``.safetensors``, ``.pth``/``.bin`` or ``.npz``.
 
     An ``.npz`` holds either a state_dict (``np.savez(**state_dict)``) or the original JAX /
-    big_vision arrays (``Transformer/encoderblock_0/...``), which timm's own converter maps onto
+    big_vision arrays (``embedding/kernel``, ``Transformer/encoderblock_0/...``), which timm's
+    own converter maps onto
     a ViT of ``video``'s width, depth and heads.
     """
     path = Path(path)
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as arrays:
-            big_vision = any(k.startswith("Transformer/") for k in arrays.files)
+            big_vision = any(k.endswith("embedding/kernel") for k in arrays.files)
         if big_vision:
             return _read_big_vision(path, video)
     return read_state_dict(path)
@@ -172,7 +178,8 @@ def _read_big_vision(path: Path, video: SpaceTimeTransformer | None) -> dict[str
     vit = VisionTransformer(
         img_size=video.frame_size, patch_size=video.patch_embed.proj.kernel_size[0],
         embed_dim=video.cls_token.shape[-1], depth=len(video.blocks),
-        num_heads=block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / block.mlp.fc1.in_features,
+        num_heads=block.attn.num_heads,
+        mlp_ratio=block.mlp.fc1.out_features / block.mlp.fc1.in_features,
         num_classes=0)
     _load_weights(vit, str(path))
     return vit.state_dict()

@@ -201,7 +201,8 @@ class SpaceTimeTransformer(nn.Module):
     ):
         super().__init__()
         if frame_size % patch_size:
-            raise ValueError(f"frame_size {frame_size} is not a multiple of patch_size {patch_size}")
+            raise ValueError(f"frame_size {frame_size} is not a multiple of patch_size "
+                             f"{patch_size}")
         self.frame_size, self.max_frames = frame_size, max_frames
         self.patches_per_frame = (frame_size // patch_size) ** 2
         device = torch.get_default_device()
