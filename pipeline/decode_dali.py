@@ -66,9 +66,11 @@ def cuda_device_count() -> int:
 
 def is_available() -> bool:
     """Whether DALI is installed and a CUDA GPU is visible."""
-    return (
-        importlib.util.find_spec("nvidia.dali") is not None and cuda_device_count() > 0
-    )
+    try:
+        installed = importlib.util.find_spec("nvidia.dali") is not None
+    except ImportError:  # no `nvidia` namespace package at all
+        installed = False
+    return installed and cuda_device_count() > 0
 
 
 @functools.lru_cache(maxsize=4)
