@@ -17,10 +17,10 @@ How one video is decoded (see :func:`decode_pyav`):
 4. **Convert** only the target frames: one ``swscale`` call resizes (area filter, the short side
    to S) and converts to RGB, then the centre crop and the display rotation are applied.
 
-Streams whose packets carry no usable timestamps (a raw ``.h264`` elementary stream, ...) and
-the rare files where a target frame never comes out of the planned decode (a truncated last
-packet, ...) take the sequential path: decode everything, count the frames the decoder returns
-and convert the targets.
+Streams whose packets carry no usable timestamps (a raw ``.h264`` elementary stream), whose
+decoder returns timestamps out of order (Xvid's packed B-frames in AVI), and the rare files
+where a target never comes out of the planned decode (damaged packets) take the sequential
+path: decode everything, count the frames the decoder returns and convert the targets.
 """
 
 from __future__ import annotations
