@@ -38,7 +38,8 @@ from pipeline.synth_grammar import (
     plan_events,
     with_captions,
 )
-from pipeline.synth_stats import event_coverage, segment_midpoints
+from pipeline.sampling import segment_midpoints
+from pipeline.synth_stats import event_coverage
 
 __all__ = [
     "SYNTH_FORMAT_VERSION",

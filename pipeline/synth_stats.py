@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.sampling import segment_midpoints
 from pipeline.synth_grammar import Caption, VideoPlan
 from pipeline.synth_render import sprite_state
 
-__all__ = ["event_coverage", "oracle_recall_at_1", "segment_midpoints"]
-
-
-def segment_midpoints(num_frames: int, r: int) -> np.ndarray:
-    """Frame indices at the midpoints of ``r`` equal segments (edges ``linspace(0, T, r+1)``),
-    the sampling of the shard step."""
-    edges = np.linspace(0, num_frames, r + 1)
-    return np.minimum(((edges[:-1] + edges[1:]) / 2).astype(np.int64), num_frames - 1)
+__all__ = ["event_coverage", "oracle_recall_at_1"]
 
 
 def event_coverage(plan: VideoPlan, indices: np.ndarray) -> float:

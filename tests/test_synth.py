@@ -26,7 +26,8 @@ from pipeline.synth import (
 )
 from pipeline.synth_grammar import BACKGROUND, PALETTE, SHAPES, min_window
 from pipeline.synth_render import decode_mp4, visible_colours
-from pipeline.synth_stats import event_coverage, oracle_recall_at_1, segment_midpoints
+from pipeline.sampling import segment_midpoints
+from pipeline.synth_stats import event_coverage, oracle_recall_at_1
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"train": 12, "test": 4, "progress": False}
