@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline.sampling import segment_midpoints
 from pipeline.synth_captions import caption_video
 from pipeline.synth_grammar import (
     Caption,
@@ -38,7 +39,6 @@ from pipeline.synth_grammar import (
     plan_events,
     with_captions,
 )
-from pipeline.sampling import segment_midpoints
 from pipeline.synth_stats import event_coverage
 
 __all__ = [

@@ -17,6 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from cli import main
+from pipeline.sampling import segment_midpoints
 from pipeline.synth import (
     SynthConfig,
     SynthConfigError,
@@ -26,7 +27,6 @@ from pipeline.synth import (
 )
 from pipeline.synth_grammar import BACKGROUND, PALETTE, SHAPES, min_window
 from pipeline.synth_render import decode_mp4, visible_colours
-from pipeline.sampling import segment_midpoints
 from pipeline.synth_stats import event_coverage, oracle_recall_at_1
 
 REPO = Path(__file__).resolve().parents[1]
