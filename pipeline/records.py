@@ -7,7 +7,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-__all__ = ["SHARD_FORMAT_VERSION", "VideoRecord", "ShardSample"]
+__all__ = ["SHARD_FORMAT_VERSION", "ShardSample", "VideoRecord"]
 
 # Bump when a field of the shard sample's json or its array layout changes.
 SHARD_FORMAT_VERSION = 1
