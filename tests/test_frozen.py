@@ -107,6 +107,30 @@ def test_masked_frames_equal_truncated_video():
         torch.testing.assert_close(emb[1], model.encode_video(video[1:])[0], atol=1e-5, rtol=0)
 
 
+def test_grad_checkpointing_keeps_gradients_and_double_backward():
+    torch.manual_seed(0)
+    model = create_model("frozen-tiny", time_init="rand").train()
+    video = torch.randn(2, 3, 3, 64, 64, requires_grad=True)
+    ids, mask = torch.tensor([[2, 1, 3], [2, 3, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]])
+    params = list(model.parameters())
+
+    def meta_gradient():
+        grads = torch.autograd.grad(model(video, ids, mask).logsumexp(1).sum(), params,
+                                    create_graph=True)
+        return grads, torch.autograd.grad(sum((g * g).sum() for g in grads), video)[0]
+
+    calls, block = [], model.video_model.blocks[0]
+    block.forward = lambda *args, _forward=block.forward: calls.append(1) or _forward(*args)
+    grads, meta = meta_gradient()
+    assert len(calls) == 1
+    model.set_grad_checkpointing(True)
+    grads_ckpt, meta_ckpt = meta_gradient()
+    assert len(calls) >= 3  # the block ran again in backward: its activations were not kept
+    for g, h in zip(grads, grads_ckpt):
+        torch.testing.assert_close(h, g, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(meta_ckpt, meta, atol=1e-6, rtol=1e-5)
+
+
 def test_logits_are_cosine_over_temperature():
     model = create_model("frozen-tiny")
     t, v = torch.randn(3, 64), torch.randn(5, 64)

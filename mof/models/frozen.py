@@ -28,6 +28,7 @@ from mof.models.text import (
     cls_state,
     load_tokenizer,
     set_text_attention,
+    set_text_checkpointing,
     special_tokens_tokenizer,
     text_arch,
     tiny_distilbert_config,
@@ -163,6 +164,16 @@ class FrozenInTime(RetrievalModel):
             if isinstance(module, DividedAttention):
                 module.fused = mode == "fused"
         self.attention = mode
+
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute SpaceTimeTransformer blocks and DistilBERT layers in backward.
+
+        Non-reentrant checkpointing: outputs, gradients and double backward are unchanged;
+        activation memory drops to about one block's worth per encoder.
+        """
+        self.video_model.grad_checkpointing = enable
+        set_text_checkpointing(self.text_model, enable)
 
 
 def _make_config(defaults: dict[str, Any], overrides: dict[str, Any]) -> FrozenConfig:

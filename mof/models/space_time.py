@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["DividedAttention", "SpaceTimeBlock", "SpaceTimeTransformer", "attend"]
 
@@ -219,6 +220,8 @@ class SpaceTimeTransformer(nn.Module):
             self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.to_empty(device=device)
         self.reset_parameters(time_init)
+        #: recompute each block in backward (non-reentrant, so double backward still works)
+        self.grad_checkpointing = False
 
     def reset_parameters(self, time_init: Literal["zeros", "rand"] = "zeros") -> None:
         """timm's ViT initialisation, then the time attention per ``time_init``.
@@ -268,7 +271,10 @@ class SpaceTimeTransformer(nn.Module):
         if frame_mask is not None and bool(frame_mask.all()):
             frame_mask = None  # all valid: skip the masking work
         for block in self.blocks:
-            x = block(x, frames, frame_mask)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, frames, frame_mask, use_reentrant=False)
+            else:
+                x = block(x, frames, frame_mask)
         return self.norm(x[:, 0])  # LayerNorm is per token: norm(x)[:, 0] == norm(x[:, 0])
 
     def _check(self, video: torch.Tensor, frame_mask: torch.Tensor | None) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "cls_state",
     "load_tokenizer",
     "set_text_attention",
+    "set_text_checkpointing",
     "special_tokens_tokenizer",
     "text_arch",
     "tiny_distilbert_config",
@@ -110,6 +111,23 @@ def set_text_attention(model: PreTrainedModel, mode: AttentionMode) -> None:
     if mode not in _HF_ATTENTION:
         raise ValueError(f"attention mode must be 'math' or 'fused', got {mode!r}")
     model.set_attn_implementation(_HF_ATTENTION[mode])
+
+
+def set_text_checkpointing(model: PreTrainedModel, enable: bool) -> None:
+    """Turn per-layer activation checkpointing of a transformers model on or off.
+
+    Non-reentrant, which composes with ``autograd.grad(create_graph=True)``.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        if enable:
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif enable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def cls_state(
