@@ -130,7 +130,14 @@ class FrozenInTime(RetrievalModel):
         self.contract = InputContract(
             frame_size=config.frame_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
             max_frames=config.max_frames, max_words=config.max_words, tokenizer=tokenizer_kind)
+        positions = text_model.config.max_position_embeddings
+        if config.max_words > positions:
+            raise ValueError(f"max_words {config.max_words} exceeds the text model's "
+                             f"{positions} position embeddings")
+        #: architecture only: ``create_model(**spec)`` rebuilds the model (set by constructors)
         self.spec: dict[str, Any] = {}
+        #: the weight files the model was built from, for provenance (not needed to reload)
+        self.sources: dict[str, str] = {}
         self.attention: AttentionMode = "math"
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -164,7 +171,6 @@ class FrozenInTime(RetrievalModel):
             if isinstance(module, DividedAttention):
                 module.fused = mode == "fused"
         self.attention = mode
-
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute SpaceTimeTransformer blocks and DistilBERT layers in backward.
@@ -209,11 +215,13 @@ def frozen(
             ``bilinear`` interpolation.
         **overrides: :class:`FrozenConfig` fields, e.g. ``max_frames=4``.
     """
-    text_overrides = dict(overrides.get("text", {}))
     text_model = None
     if text_dir is not None:
+        if "text" in overrides:
+            raise ValueError("give either text= (a random text encoder's architecture) or "
+                             "text_dir= (a saved one), not both")
         text_model = build_distilbert(text_dir=text_dir)
-        overrides = {**overrides, "text": {**text_arch(text_model.config), **text_overrides}}
+        overrides = {**overrides, "text": text_arch(text_model.config)}
     config = _make_config({}, overrides)
     if text_model is None:
         text_model = build_distilbert(DistilBertConfig(**config.text))
@@ -256,5 +264,4 @@ def frozen_tiny(*, tokenizer: WordTokenizer | None = None, **overrides: Any) -> 
                                          **config.text)
     model = FrozenInTime(config, build_distilbert(text_config), tokenizer, "wordlevel")
     model.spec = {"name": "frozen-tiny", **overrides}
-    model.sources = {}
     return model
