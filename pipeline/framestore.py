@@ -353,6 +353,13 @@ class FrameStore:
         return int(self._arrays["frames"].shape[-1])
 
     @property
+    def row_nbytes(self) -> int:
+        """Uncompressed bytes of one row (frames, both moments, step)."""
+        a = self._arrays
+        return bytes_per_video(self.num_frames, self.frame_size, str(a["frames"].dtype),
+                               str(a["exp_avg"].dtype))
+
+    @property
     def last_phase(self) -> int:
         return int(self._group.attrs["last_phase"])
 
