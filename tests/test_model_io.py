@@ -154,6 +154,26 @@ def test_the_payload_is_real(tmp_path):
     assert marker.read_text() == "pwned"
 
 
+class _TensorWithState:
+    """Pickles as a tensor followed by BUILD, which would set its backward hooks."""
+
+    def __reduce__(self):
+        func, args = torch.ones(2).__reduce_ex__(2)
+        return func, args, (False, None, OrderedDict(hook=print))
+
+
+def test_tensor_state_and_attributes_are_not_loaded(tmp_path):
+    path = tmp_path / "t.pth"
+    torch.save({"w": _TensorWithState()}, path)
+    with pytest.raises(UnsafePickleError, match="state of a tensor"):
+        safe_torch_load(path)
+    param = torch.nn.Parameter(torch.ones(2))
+    param.note = "set on the parameter"  # pickled as _rebuild_parameter_with_state
+    torch.save({"p": param}, path)
+    loaded = safe_torch_load(path)["p"]
+    assert isinstance(loaded, torch.nn.Parameter) and not hasattr(loaded, "note")
+
+
 def test_protocol0_instantiation_with_arguments_is_refused(tmp_path):
     marker = tmp_path / "marker"
     # INST opcode: "(S'touch …'\nios\nsystem\n." calls os.system at load under plain pickle.

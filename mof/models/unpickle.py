@@ -67,25 +67,25 @@ def _stub_class(module: str, name: str) -> type[PickleStub]:
     return _STUBS[key]
 
 
-# Backward hooks stored in a pickle would run during backward: always load none.
+# Tensors load without what a pickle could attach to them: backward hooks (which would be
+# called during backward) and Python attributes (``state``, set with setattr).
 def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks, metadata=None):
     return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
                                            collections.OrderedDict(), metadata)
 
 
-def _rebuild_parameter(data, requires_grad, hooks):
+def _rebuild_parameter(data, requires_grad, hooks, state=None):
     return torch._utils._rebuild_parameter(data, requires_grad, collections.OrderedDict())
-
-
-def _rebuild_parameter_with_state(data, requires_grad, hooks, state):
-    return torch._utils._rebuild_parameter_with_state(
-        data, requires_grad, collections.OrderedDict(), state)
 
 
 def _rebuild_from_type_v2(func, new_type, args, state):
     if new_type not in (torch.Tensor, torch.nn.Parameter):
         raise UnsafePickleError(f"refusing to rebuild a tensor of type {new_type!r}")
-    return torch._tensor._rebuild_from_type_v2(func, new_type, args, state)
+    _check_callable(func)
+    out = func(*args)
+    if not isinstance(out, torch.Tensor):
+        raise UnsafePickleError(f"tensor rebuild gave a {type(out).__name__}, not a tensor")
+    return out if type(out) is new_type else out.as_subclass(new_type)
 
 
 def _reconstructor(cls, base, state):
@@ -105,7 +105,7 @@ def _allowed() -> dict[str, Any]:
         "torch._utils._rebuild_tensor": torch._utils._rebuild_tensor,
         "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
         "torch._utils._rebuild_parameter": _rebuild_parameter,
-        "torch._utils._rebuild_parameter_with_state": _rebuild_parameter_with_state,
+        "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
         "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
         "torch.Size": torch.Size,
         "torch.device": torch.device,
@@ -170,6 +170,14 @@ class RestrictedUnpickler(pickle._Unpickler):
         self.stack[-1] = func(*args)
 
     dispatch[pickle.REDUCE[0]] = load_reduce
+
+    def load_build(self) -> None:
+        # torch.save never BUILDs a tensor; Tensor.__setstate__ would accept backward hooks.
+        if isinstance(self.stack[-2], torch.Tensor):
+            raise UnsafePickleError("refusing to set the state of a tensor")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def _instantiate(self, klass: Any, args: tuple) -> None:
         if args:
