@@ -1,0 +1,179 @@
+"""``Table4Config``: every setting of ``mof-cli reproduce table4``, validated up front.
+
+The grid's cells share everything but ``--frames`` and ``--seed``: one set of shards (holding
+the most frames any cell needs), one training recipe, one evaluation. The resolved config is
+saved as ``WORK/<dataset>/<model>/table4_config.yaml`` and each cell's own training config
+beside its run, so that a re-run can tell a finished cell from one made with other settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mof.reproduce.grid import DEFAULT_GRID, Cell, parse_grid
+
+__all__ = ["SYNTHETIC", "Table4Config"]
+
+SYNTHETIC = "synthetic"
+_SELECT = ("last", "best")
+
+
+@dataclass
+class Table4Config:
+    """Settings of one reproduction of Table IV.
+
+    Attributes:
+        dataset: manifest name (``synthetic``, ``msrvtt``, ``msvd``, ``didemo``) or annotation
+            file, as for ``mof-cli shard``.
+        root: dataset root (videos and annotations); ``None`` for ``synthetic`` generates the
+            dataset under ``WORK/synthetic/data``.
+        work: where shards, runs and evaluations go (``WORK/<dataset>/...``); reused.
+        results: directory of ``table4.md``, ``table4.csv``, ``table4.png``, ``curves.png``.
+        model: registered model (``frozen-tiny`` on CPU; ``frozen`` for the real experiment).
+        model_args: extra ``create_model`` arguments, e.g. local weight files.
+        grid: comma-separated cells: ``U`` (baseline) or ``R:U`` (MOF).
+        seeds: training seeds per cell (0, 1, ..., seeds-1).
+        epochs: training epochs of every cell.
+        batch_size: videos per step.
+        lr: model learning rate; ``None``: 1e-3 for ``*-tiny`` models (trained from scratch),
+            1e-5 (the paper's) otherwise.
+        meta_grad: meta-gradient estimator of the MOF cells (``mof-cli train --meta-grad``).
+        frame_schedule: ``phase`` or ``epoch`` (``mof-cli train --frame-schedule``).
+        frame_lr: β, the Adam learning rate of the learnable frames.
+        inner_lr: α of the temporary inner step; ``None``: the trainer's default (``lr``).
+        eval_every: evaluate on the test split every this many epochs during training (the
+            curves); ``0``: only the final evaluation.
+        select: checkpoint evaluated for the table: ``last`` (no choice made on the test
+            split) or ``best`` (best test R@1 during training, as Frozen's trainer reports).
+        train_args: any other ``TrainConfig`` field, applied to every cell.
+        stored_frames: frames per video in the shards; ``None``: the most any cell needs.
+        size: frame side of the shards in pixels; ``None``: the model's input size.
+        synth_train: training videos of the generated synthetic dataset.
+        synth_test: test videos of the generated synthetic dataset.
+        jobs: cells trained at the same time, each in its own process.
+        threads: torch threads per job.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        run: train and evaluate missing cells; ``False`` only aggregates what exists.
+        readme: a README whose block between ``<!-- table4:begin -->`` and
+            ``<!-- table4:end -->`` is rewritten with the results.
+        publish: also copy the small result files (md, csv, png) into this directory (the
+            README's links point there when given).
+        progress: progress bars.
+    """
+
+    dataset: str = SYNTHETIC
+    root: str | None = None
+    work: str = "runs/table4"
+    results: str = "results"
+    model: str = "frozen-tiny"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    grid: str = DEFAULT_GRID
+    seeds: int = 3
+    epochs: int = 12
+    batch_size: int = 16
+    lr: float | None = None
+    meta_grad: str = "exact"
+    frame_schedule: str = "phase"
+    frame_lr: float = 8e-4
+    inner_lr: float | None = None
+    eval_every: int = 2
+    select: str = "last"
+    train_args: dict[str, Any] = field(default_factory=dict)
+    stored_frames: int | None = None
+    size: int | None = None
+    synth_train: int = 1000
+    synth_test: int = 250
+    jobs: int = 2
+    threads: int = 1
+    device: str = "auto"
+    run: bool = True
+    readme: str | None = None
+    publish: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        try:
+            self.cells: list[Cell] = parse_grid(self.grid)
+        except ValueError as err:
+            self.cells = []
+            problems.append(str(err))
+        if self.dataset != SYNTHETIC and not self.root:
+            problems.append(f"--root is required for --dataset {self.dataset} (the directory "
+                            "holding its videos and annotation files)")
+        if self.root and not Path(self.root).is_dir():
+            problems.append(f"--root {self.root!r} is not a directory")
+        for name in ("seeds", "epochs", "batch_size", "jobs", "threads", "synth_train",
+                     "synth_test"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be a positive integer, "
+                                f"got {getattr(self, name)!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            problems.append(f"--eval-every must be >= 0, got {self.eval_every!r}")
+        if self.select not in _SELECT:
+            problems.append(f"--select must be one of {', '.join(_SELECT)}, got {self.select!r}")
+        needed = max((c.stored_frames for c in self.cells), default=1)
+        if self.stored_frames is not None and self.stored_frames < needed:
+            problems.append(f"--stored-frames {self.stored_frames}: the grid needs {needed}")
+        if self.size is not None and self.size < 8:
+            problems.append(f"--size must be >= 8, got {self.size}")
+        problems += self._train_problems()
+        if problems:
+            raise ValueError("invalid reproduce config:\n  - " + "\n  - ".join(problems))
+
+    def _train_problems(self) -> list[str]:
+        """Build every cell's training config once, so a bad setting fails before any work."""
+        from mof.train.config import TrainConfig
+
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        owned = {"model", "train", "test", "out", "frames", "seed", "resume"}
+        problems = [f"--train-arg {k}: not a train setting" for k in sorted(self.train_args)
+                    if k not in names]
+        problems += [f"--train-arg {k}: set by the grid itself" for k in sorted(self.train_args)
+                     if k in owned]
+        if problems or not self.cells:
+            return problems
+        for cell in self.cells:
+            try:
+                self.train_config(cell, 0, "train", "test", "out")
+            except ValueError as err:
+                return [f"cell {cell.frames}: {err}"]
+        return []
+
+    @property
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-3 if self.model.endswith("-tiny") else 1e-5
+
+    @property
+    def needed_frames(self) -> int:
+        """Frames stored per video in the shards (every cell draws from the same shards)."""
+        return self.stored_frames or max(c.stored_frames for c in self.cells)
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds))
+
+    def train_config(self, cell: Cell, seed: int, train: str, test: str | None, out: str):
+        """The ``TrainConfig`` of one cell and seed (validated by its constructor)."""
+        from mof.train.config import TrainConfig
+
+        settings: dict[str, Any] = {
+            "model": self.model, "model_args": dict(self.model_args), "train": train,
+            "test": test if self.eval_every else None, "out": out, "frames": cell.frames,
+            "seed": seed, "epochs": self.epochs, "batch_size": self.batch_size,
+            "lr": self.resolved_lr, "meta_grad": self.meta_grad,
+            "frame_schedule": self.frame_schedule, "frame_lr": self.frame_lr,
+            "inner_lr": self.inner_lr, "eval_every": max(self.eval_every, 1),
+            "device": self.device, "workers": 0,
+        }
+        settings.update(self.train_args)
+        return TrainConfig(**settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["cells"] = [c.frames for c in self.cells]
+        return data

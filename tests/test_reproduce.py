@@ -1,0 +1,185 @@
+"""``mof-cli reproduce table4`` on a micro grid: real synthetic videos, shards, training runs in
+spawned processes, evaluations, then the table, CSV, plots and README block built from them.
+
+The grid is two cells (the 1-frame baseline and MOF 16 ⇒ 1, both in the paper's table) on 8
+training and 4 test videos, one epoch of two steps; a second call adds a seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from mof.reproduce import Table4Config, reproduce_table4
+from mof.reproduce.aggregate import compare, load_results, mean_std, summarize
+from mof.reproduce.grid import (
+    DEFAULT_GRID,
+    PAPER_TABLE4,
+    Cell,
+    equal_cost_baseline,
+    parse_grid,
+)
+from mof.reproduce.report import README_BEGIN, README_END, rewrite_readme
+from mof.reproduce.runner import cell_dir
+
+GRID = "1,16:1"
+
+
+def micro_config(base: Path, **overrides) -> Table4Config:
+    settings = {"work": str(base / "work"), "results": str(base / "results"), "grid": GRID,
+                "seeds": 1, "epochs": 1, "batch_size": 4, "eval_every": 1, "synth_train": 8,
+                "synth_test": 4, "jobs": 2, "progress": False,
+                "train_args": {"augment": "none", "shuffle_buffer": 4}}
+    settings.update(overrides)
+    return Table4Config(**settings)
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory) -> dict:
+    """The micro grid run once with one seed (two cells in two processes), then a second
+    seed (one process); the summaries and the modification times after the first call."""
+    base = tmp_path_factory.mktemp("table4")
+    (base / "README.md").write_text(f"# x\n\n## Results\n\n{README_BEGIN}\nold\n{README_END}\n"
+                                    "\nkept\n")
+    first = reproduce_table4(micro_config(base, readme=str(base / "README.md"),
+                                          publish=str(base / "docs")))
+    cfg = micro_config(base)
+    stamps = {c.frames: (cell_dir(cfg, c, 0) / "metrics.json").stat().st_mtime_ns
+              for c in cfg.cells}
+    second = reproduce_table4(micro_config(base, seeds=2, jobs=1))
+    return {"base": base, "first": first, "second": second, "stamps": stamps,
+            "cfg": micro_config(base, seeds=2)}
+
+
+def test_parse_grid_and_equal_cost_baselines():
+    cells = parse_grid(DEFAULT_GRID)
+    assert [c.frames for c in cells] == ["1", "4", "8", "32", "16:1", "8:4", "16:4", "8:8",
+                                         "32:8"]
+    assert [c.label for c in cells if c.is_mof] == ["16 ⇒ 1", "8 ⇒ 4", "16 ⇒ 4", "8 ⇒ 8",
+                                                    "32 ⇒ 8"]
+    baselines = {c for c in cells if not c.is_mof}
+    assert all(equal_cost_baseline(c) in baselines for c in cells if c.is_mof)
+    assert set(PAPER_TABLE4["msrvtt"]) == {c.frames for c in cells} - {"4"}
+    with pytest.raises(ValueError) as err:
+        parse_grid("8:16,x,4,4")
+    assert "'8:16'" in str(err.value) and "'x'" in str(err.value) and "twice" in str(err.value)
+
+
+def test_config_reports_every_problem(tmp_path):
+    with pytest.raises(ValueError) as err:
+        Table4Config(dataset="msrvtt", grid="4:8", seeds=0, select="median",
+                     train_args={"frames": "2", "bogus": 1})
+    text = str(err.value)
+    for fragment in ("--root is required", "R >= U", "--seeds", "--select", "bogus",
+                     "frames: set by the grid"):
+        assert fragment in text
+
+
+def test_micro_grid_end_to_end(micro):
+    base, first = micro["base"], micro["first"]
+    assert first.outcomes == {"trained": 2} and not first.failed
+    assert first.finished == first.expected == 2
+    results = base / "results"
+    with open(results / "table4.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["frames"] for r in rows] == ["1", "16:1"]
+    assert [r["method"] for r in rows] == ["frozen-tiny", "frozen-tiny w/ MOF"]
+    assert rows[1]["paper_R@1"] == "22.1" and rows[0]["paper_test_s"] == "11"
+    md = (results / "table4.md").read_text()
+    assert "| frozen-tiny | 1 |" in md and "| frozen-tiny w/ MOF | 16 ⇒ 1 |" in md
+    assert "MOF 16 ⇒ 1 vs baseline 1 (equal test cost)" in md
+    for name in ("table4.png", "curves.png"):
+        with Image.open(results / name) as image:
+            assert image.size[0] > 500 and image.size[1] > 300
+    # Each cell trained its own run with the grid's frame setting and seed.
+    cfg = micro["cfg"]
+    for cell in cfg.cells:
+        run = cell_dir(cfg, cell, 0) / "run"
+        assert f"frames: '{cell.frames}'" in (run / "config.yaml").read_text()
+        curve = (run / "metrics.csv").read_text().splitlines()
+        assert len(curve) == 2 and "t2v/R@1" in curve[0]
+    assert (cell_dir(cfg, Cell(1, 16), 0) / "run" / "mof.zarr").is_dir()
+
+
+def test_rerun_skips_finished_cells_and_adds_seeds(micro):
+    second, cfg = micro["second"], micro["cfg"]
+    assert second.outcomes == {"skipped": 2, "trained": 2}
+    for cell in cfg.cells:
+        path = cell_dir(cfg, cell, 0) / "metrics.json"
+        assert path.stat().st_mtime_ns == micro["stamps"][cell.frames]
+    third = reproduce_table4(micro_config(micro["base"], seeds=2, jobs=1))
+    assert third.outcomes == {"skipped": 4}
+
+
+def test_aggregation_matches_hand_computed_values(micro):
+    cfg, results_dir = micro["cfg"], micro["base"] / "results"
+    with open(results_dir / "table4.csv", newline="") as fh:
+        table = {r["frames"]: r for r in csv.DictReader(fh)}
+    for cell in cfg.cells:
+        reports = [json.loads((cell_dir(cfg, cell, s) / "metrics.json").read_text())
+                   for s in (0, 1)]
+        for key in ("R@1", "R@5", "R@10", "MedR", "MeanR"):
+            values = [r["metrics"]["t2v"][key] for r in reports]
+            row = table[cell.frames]
+            assert float(row[f"{key}_mean"]) == pytest.approx(statistics.mean(values), rel=1e-5)
+            assert float(row[f"{key}_std"] or 0.0) == pytest.approx(statistics.stdev(values),
+                                                                    rel=1e-5, abs=1e-9)
+        test_s = [r["timing"]["test_time_s"] for r in reports]
+        assert float(table[cell.frames]["test_s_mean"]) == pytest.approx(np.mean(test_s),
+                                                                         rel=1e-5)
+        assert table[cell.frames]["seeds"] == "2"
+    summaries = summarize(load_results(cfg), cfg.cells)
+    (comparison,) = compare(summaries)
+    base_r1 = [json.loads((cell_dir(cfg, Cell(1), s) / "metrics.json").read_text())
+               ["metrics"]["t2v"]["R@1"] for s in (0, 1)]
+    mof_r1 = [json.loads((cell_dir(cfg, Cell(1, 16), s) / "metrics.json").read_text())
+              ["metrics"]["t2v"]["R@1"] for s in (0, 1)]
+    assert comparison.delta == pytest.approx(statistics.mean(mof_r1) - statistics.mean(base_r1))
+    assert comparison.spread == pytest.approx(
+        math.hypot(statistics.stdev(mof_r1), statistics.stdev(base_r1)))
+
+
+def test_mean_std_verdicts():
+    stat = mean_std([10.0, 12.0, 14.0])
+    assert (stat.mean, stat.std, stat.n) == (12.0, 2.0, 3)
+    assert math.isnan(mean_std([3.0]).std)
+
+
+def test_readme_block_and_published_files(micro):
+    base = micro["base"]
+    text = (base / "README.md").read_text()
+    block = text.split(README_BEGIN)[1].split(README_END)[0]
+    assert "old" not in block and "16 ⇒ 1" in block and "](docs/table4.png)" in block
+    assert text.endswith("\nkept\n")
+    assert {p.name for p in (base / "docs").iterdir()} >= {"table4.md", "table4.png",
+                                                           "curves.png", "table4.csv"}
+    bad = base / "no_markers.md"
+    bad.write_text("# nothing here\n")
+    with pytest.raises(ValueError, match="table4:begin"):
+        rewrite_readme(bad, "x")
+
+
+def test_cli_report_only_and_usage_errors(micro, tmp_path):
+    from cli import main
+
+    base = micro["base"]
+    args = ["reproduce", "table4", "--work", str(base / "work"), "--grid", GRID, "--seeds", "2",
+            "--epochs", "1", "--batch-size", "4", "--eval-every", "1", "--synth-train", "8",
+            "--synth-test", "4", "--train-arg", "augment=none", "--train-arg",
+            "shuffle_buffer=4", "--results", str(tmp_path / "r"), "--report-only", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "4/4 finished" in result.output and (tmp_path / "r" / "table4.md").is_file()
+    result = CliRunner().invoke(main, ["reproduce", "table4", "--grid", "8:16", "--seeds", "0",
+                                       "--train-arg", "nokey"])
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output
+    result = CliRunner().invoke(main, ["reproduce", "table4", "--grid", "8:16", "--seeds", "0"])
+    assert result.exit_code == 2 and "R >= U" in result.output and "--seeds" in result.output
