@@ -169,36 +169,41 @@ def train(quiet: bool, **options: object) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-
-# --- reproduce -----------------------------------------------------------------------------
-
-# light imports (click and yaml only): the command's work is imported inside it
-from mof.reproduce.cli_options import config_from_options as table4_config
-from mof.reproduce.cli_options import table4_options
-
-
-@main.group()
-def reproduce() -> None:
-    """Reproduce the paper's experiments."""
-
-
-@reproduce.command("table4")
-@table4_options
-def reproduce_table4(**options: object) -> None:
-    """Table IV: baselines at 1/4/8/32 frames and MOF 16:1, 8:4, 16:4, 8:8, 32:8, several
-    seeds each (synth → shard → train → eval per cell, reusing finished work), then
-    RESULTS/table4.{md,csv,png} and curves.png."""
-    config = table4_config(options)
-    from mof.reproduce import reproduce_table4 as run_table4
+@main.command("export-frames")
+@click.option("--run", required=True, type=click.Path(file_okay=False, exists=True),
+              help="MOF run directory (with mof.zarr); may still be training.")
+@click.option("--ids", multiple=True, metavar="ID[,ID...]",
+              help="Videos to export (store ids or dataset ids); repeatable or comma-separated.")
+@click.option("--num", type=int, help="Export the first N videos of the store [default: 4].")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory: per-video PNGs and grid, summary.json, index.html.")
+@click.option("--mp4", is_flag=True, help="Also write each video's MOF frames as an MP4.")
+@click.option("--attention", is_flag=True,
+              help="Also draw the first block's text-to-patch attention (Frozen models).")
+@click.option("--shards", multiple=True,
+              help="Train shards, if they moved since training [default: those in the store].")
+@click.option("--columns", default=8, show_default=True, help="Frames per grid line.")
+@click.option("--fps", default=2, show_default=True, help="Frame rate of the MP4.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def export_frames_(ids: tuple[str, ...], shards: tuple[str, ...], quiet: bool,
+                   **options: object) -> None:
+    """Write a run's learned MOF frames beside its regular and initial frames (Fig. 7 grids)."""
+    from mof.export import ExportConfig, export_frames, format_summary
 
     try:
-        summary = run_table4(config)
-    except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(summary.format())
-    if summary.failed:
-        raise click.ClickException(f"{len(summary.failed)} cells failed (see error.txt in "
-                                   "their directories); the others are in the results")
+        config = ExportConfig(ids=list(ids), shards=list(shards) or None, progress=not quiet,
+                              **options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        summary = export_frames(config)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise click.ClickException(str(message)) from exc
+    click.echo(format_summary(summary))
+
+
+# --- reproduce -----------------------------------------------------------------------------
 
 
 if __name__ == "__main__":
