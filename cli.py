@@ -205,6 +205,34 @@ def export_frames_(ids: tuple[str, ...], shards: tuple[str, ...], quiet: bool,
 
 # --- reproduce -----------------------------------------------------------------------------
 
+# light imports (click and yaml only): the command's work is imported inside it
+from mof.reproduce.cli_options import config_from_options as table4_config
+from mof.reproduce.cli_options import table4_options
+
+
+@main.group()
+def reproduce() -> None:
+    """Reproduce the paper's experiments."""
+
+
+@reproduce.command("table4")
+@table4_options
+def reproduce_table4(**options: object) -> None:
+    """Table IV: baselines at 1/4/8/32 frames and MOF 16:1, 8:4, 16:4, 8:8, 32:8, several
+    seeds each (synth → shard → train → eval per cell, reusing finished work), then
+    RESULTS/table4.{md,csv,png} and curves.png."""
+    config = table4_config(options)
+    from mof.reproduce import reproduce_table4 as run_table4
+
+    try:
+        summary = run_table4(config)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(summary.format())
+    if summary.failed:
+        raise click.ClickException(f"{len(summary.failed)} cells failed (see error.txt in "
+                                   "their directories); the others are in the results")
+
 
 if __name__ == "__main__":
     main()
