@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mof.models.common import load_strictly
 from mof.models.io import read_state_dict, safe_torch_load
 from mof.models.space_time import SpaceTimeTransformer
 
@@ -128,26 +129,8 @@ def load_frozen_checkpoint(
         raise ValueError(f"{path}: not a Frozen checkpoint (no 'state_dict' dict)")  # noqa: TRY004
     state = frozen_state_dict(ckpt["state_dict"])
     _fit_video_embeddings(state, "video_model.", model.video_model, temporal_fix)
-    _load_strict(model, state, path)
+    load_strictly(model, state, path)
     return {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer")}
-
-
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
-    ours = module.state_dict()
-    problems = []
-    missing = sorted(set(ours) - set(state))
-    unexpected = sorted(set(state) - set(ours))
-    if missing:
-        problems.append(f"missing {len(missing)} keys, e.g. {missing[:5]}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} keys, e.g. {unexpected[:5]}")
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(ours[k].shape)}"
-              for k in sorted(set(ours) & set(state)) if state[k].shape != ours[k].shape]
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches, e.g. {shapes[:3]}")
-    if problems:
-        raise ValueError(f"{path}: weights do not fit the model: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)
 
 
 def read_timm_vit(
@@ -201,4 +184,4 @@ def load_timm_vit(video: SpaceTimeTransformer, path: str | Path) -> None:
     for key in ours:
         if _TIME_ONLY.match(key):
             state.setdefault(key, ours[key])  # keep the init: timm has no time attention
-    _load_strict(video, state, path)
+    load_strictly(video, state, path)

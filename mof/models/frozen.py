@@ -11,7 +11,6 @@ Registered: ``frozen`` (ViT-B/16, 224 px, DistilBERT-base, 8 frames by default) 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,7 +19,8 @@ from torch import nn
 from transformers import DistilBertConfig
 
 from mof.models import convert, register_model
-from mof.models.base import AttentionMode, InputContract, RetrievalModel
+from mof.models.base import AttentionMode, RetrievalModel
+from mof.models.common import frame_contract, make_config, tiny_tokenizer
 from mof.models.space_time import DividedAttention, SpaceTimeTransformer
 from mof.models.text import (
     TextTokenizer,
@@ -29,7 +29,6 @@ from mof.models.text import (
     load_tokenizer,
     set_text_attention,
     set_text_checkpointing,
-    special_tokens_tokenizer,
     text_arch,
     tiny_distilbert_config,
     tokenize_texts,
@@ -127,9 +126,7 @@ class FrozenInTime(RetrievalModel):
         self.vid_proj = nn.Sequential(nn.Linear(config.embed_dim, config.projection_dim))
         self.temperature = config.temperature
         self.tokenizer = tokenizer
-        self.contract = InputContract(
-            frame_size=config.frame_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-            max_frames=config.max_frames, max_words=config.max_words, tokenizer=tokenizer_kind)
+        self.contract = frame_contract(config, IMAGENET_MEAN, IMAGENET_STD, tokenizer_kind)
         positions = text_model.config.max_position_embeddings
         if config.max_words > positions:
             raise ValueError(f"max_words {config.max_words} exceeds the text model's "
@@ -182,16 +179,6 @@ class FrozenInTime(RetrievalModel):
         set_text_checkpointing(self.text_model, enable)
 
 
-def _make_config(defaults: dict[str, Any], overrides: dict[str, Any]) -> FrozenConfig:
-    names = {f.name for f in dataclasses.fields(FrozenConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise TypeError(f"unknown Frozen option(s) {unknown}; valid: {sorted(names)}")
-    merged = {**defaults, **overrides}
-    merged["text"] = {**defaults.get("text", {}), **overrides.get("text", {})}
-    return FrozenConfig(**merged)
-
-
 @register_model
 def frozen(
     *, text_dir: str | None = None, tokenizer_dir: str | None = None,
@@ -222,7 +209,7 @@ def frozen(
                              "text_dir= (a saved one), not both")
         text_model = build_distilbert(text_dir=text_dir)
         overrides = {**overrides, "text": text_arch(text_model.config)}
-    config = _make_config({}, overrides)
+    config = make_config(FrozenConfig, {}, overrides, nested=("text",))
     if text_model is None:
         text_model = build_distilbert(DistilBertConfig(**config.text))
     tok_dir = tokenizer_dir if tokenizer_dir is not None else text_dir
@@ -255,11 +242,9 @@ def frozen_tiny(*, tokenizer: WordTokenizer | None = None, **overrides: Any) -> 
             ``max_words`` the position embeddings and the contract.
         **overrides: :class:`FrozenConfig` fields; ``text`` takes DistilBertConfig fields.
     """
-    tokenizer = tokenizer if tokenizer is not None else special_tokens_tokenizer()
-    if "max_words" in overrides and overrides["max_words"] != tokenizer.max_words:
-        raise ValueError(f"max_words {overrides['max_words']} differs from the tokenizer's "
-                         f"{tokenizer.max_words}; set it on the WordTokenizer")
-    config = _make_config({**TINY_DEFAULTS, "max_words": tokenizer.max_words}, overrides)
+    tokenizer = tiny_tokenizer(tokenizer, overrides)
+    config = make_config(FrozenConfig, {**TINY_DEFAULTS, "max_words": tokenizer.max_words},
+                         overrides, nested=("text",))
     text_config = tiny_distilbert_config(tokenizer.vocab_size, tokenizer.max_words,
                                          **config.text)
     model = FrozenInTime(config, build_distilbert(text_config), tokenizer, "wordlevel")
