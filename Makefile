@@ -46,5 +46,18 @@ demo: $(STAMP)  ## the main job end to end on the embedded synthetic dataset
 bench: $(STAMP)  ## benchmarks (print tables)
 	$(PY) benchmarks/bench_shard.py
 
+# Table IV knobs: GRID (cells, e.g. 1,4,8:4), EPOCHS, JOBS, ROOT (dataset root, required unless
+# DATASET=synthetic), TABLE4_ARGS (any other `mof-cli reproduce table4` option).
+GRID        ?=
+EPOCHS      ?=
+JOBS        ?=
+ROOT        ?=
+TABLE4_ARGS ?=
+
+reproduce-table4: $(STAMP)  ## Table IV grid -> results/table4.{md,csv,png} (DATASET, MODEL, SEEDS, GRID, EPOCHS, ROOT)
+	$(CLI) reproduce table4 --dataset $(DATASET) --model $(MODEL) --seeds $(SEEDS) \
+	  $(if $(GRID),--grid $(GRID)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(JOBS),--jobs $(JOBS)) \
+	  $(if $(ROOT),--root $(ROOT)) $(TABLE4_ARGS)
+
 clean:  ## remove generated outputs (not the venv)
 	rm -rf $(DEMO_DIR) results/table4.* runs shards

@@ -72,8 +72,10 @@ def _load_average() -> list[float] | None:
 def _settings_line(cfg: Table4Config) -> str:
     mof = f"MOF: --meta-grad {cfg.meta_grad}, --frame-schedule {cfg.frame_schedule}, " \
           f"β = {cfg.frame_lr:g}" + (f", α = {cfg.inner_lr:g}" if cfg.inner_lr else "")
-    extra = "".join(f", {k} = {v}" for k, v in sorted(cfg.train_args.items()))
-    return (f"Every cell: {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.resolved_lr:g}"
+    extra = "".join(f", {k} = {v}" for k, v in sorted(cfg.resolved_train_args.items()))
+    extra += "".join(f", model {k} = {v}" for k, v in sorted(cfg.resolved_model_args.items()))
+    epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs > 1 else "")
+    return (f"Every cell: {epochs}, batch {cfg.batch_size}, lr {cfg.resolved_lr:g}"
             f"{extra}; {mof}; evaluated checkpoint: {cfg.select}.")
 
 

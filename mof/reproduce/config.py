@@ -15,10 +15,18 @@ from typing import Any
 
 from mof.reproduce.grid import DEFAULT_GRID, Cell, parse_grid
 
-__all__ = ["SYNTHETIC", "Table4Config"]
+__all__ = ["SYNTHETIC", "TINY_MODEL_ARGS", "TINY_TRAIN_ARGS", "Table4Config"]
 
 SYNTHETIC = "synthetic"
 _SELECT = ("last", "best")
+
+#: ``*-tiny`` models train from random weights: Frozen's temperature of 0.05 (made for a
+#: pre-trained model) leaves them longer at the collapsed start where every embedding is
+#: alike, 0.1 leaves it sooner (docs/table4-findings.md). Given ``--model-arg``s are merged in.
+TINY_MODEL_ARGS: dict[str, Any] = {"temperature": 0.1}
+#: ``*-tiny`` models on the synthetic data: random crops of 64-px frames cut out the small
+#: objects the captions name.
+TINY_TRAIN_ARGS: dict[str, Any] = {"augment": "none"}
 
 
 @dataclass
@@ -33,7 +41,8 @@ class Table4Config:
         work: where shards, runs and evaluations go (``WORK/<dataset>/...``); reused.
         results: directory of ``table4.md``, ``table4.csv``, ``table4.png``, ``curves.png``.
         model: registered model (``frozen-tiny`` on CPU; ``frozen`` for the real experiment).
-        model_args: extra ``create_model`` arguments, e.g. local weight files.
+        model_args: extra ``create_model`` arguments, e.g. local weight files (merged over
+            :data:`TINY_MODEL_ARGS` for ``*-tiny`` models).
         grid: comma-separated cells: ``U`` (baseline) or ``R:U`` (MOF).
         seeds: training seeds per cell (0, 1, ..., seeds-1).
         epochs: training epochs of every cell.
@@ -48,7 +57,8 @@ class Table4Config:
             curves); ``0``: only the final evaluation.
         select: checkpoint evaluated for the table: ``last`` (no choice made on the test
             split) or ``best`` (best test R@1 during training, as Frozen's trainer reports).
-        train_args: any other ``TrainConfig`` field, applied to every cell.
+        train_args: any other ``TrainConfig`` field, applied to every cell (merged over
+            :data:`TINY_TRAIN_ARGS` for ``*-tiny`` models).
         stored_frames: frames per video in the shards; ``None``: the most any cell needs.
         size: frame side of the shards in pixels; ``None``: the model's input size.
         synth_train: training videos of the generated synthetic dataset.
@@ -72,7 +82,7 @@ class Table4Config:
     model_args: dict[str, Any] = field(default_factory=dict)
     grid: str = DEFAULT_GRID
     seeds: int = 3
-    epochs: int = 12
+    epochs: int = 6
     batch_size: int = 16
     lr: float | None = None
     meta_grad: str = "exact"
@@ -144,10 +154,22 @@ class Table4Config:
         return []
 
     @property
+    def tiny(self) -> bool:
+        return self.model.endswith("-tiny")
+
+    @property
+    def resolved_model_args(self) -> dict[str, Any]:
+        return {**(TINY_MODEL_ARGS if self.tiny else {}), **self.model_args}
+
+    @property
+    def resolved_train_args(self) -> dict[str, Any]:
+        return {**(TINY_TRAIN_ARGS if self.tiny else {}), **self.train_args}
+
+    @property
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
-        return 1e-3 if self.model.endswith("-tiny") else 1e-5
+        return 1e-3 if self.tiny else 1e-5
 
     @property
     def needed_frames(self) -> int:
@@ -162,7 +184,7 @@ class Table4Config:
         from mof.train.config import TrainConfig
 
         settings: dict[str, Any] = {
-            "model": self.model, "model_args": dict(self.model_args), "train": train,
+            "model": self.model, "model_args": self.resolved_model_args, "train": train,
             "test": test if self.eval_every else None, "out": out, "frames": cell.frames,
             "seed": seed, "epochs": self.epochs, "batch_size": self.batch_size,
             "lr": self.resolved_lr, "meta_grad": self.meta_grad,
@@ -170,7 +192,7 @@ class Table4Config:
             "inner_lr": self.inner_lr, "eval_every": max(self.eval_every, 1),
             "device": self.device, "workers": 0,
         }
-        settings.update(self.train_args)
+        settings.update(self.resolved_train_args)
         return TrainConfig(**settings)
 
     def to_dict(self) -> dict[str, Any]:

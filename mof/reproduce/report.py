@@ -54,7 +54,8 @@ def _time_unit(seconds: float) -> tuple[str, float]:
 def format_seconds(stat: Stat, unit: tuple[str, float] | None = None) -> str:
     """A duration as ``mean ± std unit`` in s, min or h (chosen from the mean unless given)."""
     name, scale = unit or _time_unit(stat.mean)
-    digits = 1 if stat.mean / scale < 100 else 0
+    value = stat.mean / scale
+    digits = 2 if value < 10 else 1 if value < 100 else 0
     scaled = Stat(stat.mean / scale, stat.std / scale, stat.n)
     return f"{format_stat(scaled, digits)} {name}"
 

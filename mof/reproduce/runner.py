@@ -132,7 +132,7 @@ def prepare_data(cfg: Table4Config) -> ShardPaths:
         root = str(base / "data")
         generate_synthetic(SynthConfig(out=Path(root), train=cfg.synth_train,
                                        test=cfg.synth_test, progress=cfg.progress))
-    size = cfg.size or create_model(cfg.model, **cfg.model_args).contract.frame_size
+    size = cfg.size or create_model(cfg.model, **cfg.resolved_model_args).contract.frame_size
     frames = cfg.needed_frames
     shards = base / "shards" / f"r{frames}-s{size}"
     for split in ("train", "test"):
