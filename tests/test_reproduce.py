@@ -183,3 +183,16 @@ def test_cli_report_only_and_usage_errors(micro, tmp_path):
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
     result = CliRunner().invoke(main, ["reproduce", "table4", "--grid", "8:16", "--seeds", "0"])
     assert result.exit_code == 2 and "R >= U" in result.output and "--seeds" in result.output
+
+
+def test_diagnosis_measures_drift_and_meta_gradient_sign(micro):
+    from mof.reproduce.diagnose import frame_drift, meta_gradient_probe
+
+    run = cell_dir(micro["cfg"], Cell(1, 16), 0) / "run"
+    drift = frame_drift(run)
+    assert drift["steps_per_video"] == 1.0  # one epoch: one frame-level Adam step per video
+    assert 0 < drift["mean_abs"] <= drift["max_abs"] <= drift["bound"] * (1 + 1e-4)
+    probe = meta_gradient_probe(run)
+    down, up = probe["steps"][8e-4]
+    assert down < 0 < up  # a small step against the meta-gradient lowers the outer loss
+    assert probe["rms"] > 0 and 0 < probe["adam_step_fraction"] <= 1

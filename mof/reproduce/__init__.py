@@ -187,6 +187,14 @@ def reproduce_table4(cfg: Table4Config) -> Table4Summary:
                 summary.failed.append(f"{o.frames} seed {o.seed}: {o.error}")
     run_info.update(wall_s=time.time() - start, load_average_end=_load_average())
     summary.files = write_report(cfg, run_info)
+    if cfg.diagnose and summary.files:
+        from mof.reproduce.diagnose import diagnose
+        from mof.reproduce.runner import shard_paths
+        from pipeline.index import atomic_write_bytes
+
+        path = Path(cfg.results) / "table4_diagnosis.md"
+        atomic_write_bytes(path, diagnose(cfg, shard_paths(cfg).test).encode())
+        summary.files.append(str(path))
     from mof.reproduce.aggregate import load_results
 
     summary.finished = len(load_results(cfg))

@@ -69,6 +69,9 @@ _OPTIONS = [
     _opt("--device", "Where to train and evaluate.", type=click.Choice(["auto", "cpu", "cuda"])),
     click.option("--report-only", is_flag=True,
                  help="Run nothing: aggregate the finished cells and write the results."),
+    _opt("--diagnose/--no-diagnose", "Also measure the learned frames' drift, the "
+                                     "meta-gradient and baselines tested on fewer frames "
+                                     "(RESULTS/table4_diagnosis.md)."),
     _opt("--readme", "Rewrite the block between '<!-- table4:begin -->' and "
                      "'<!-- table4:end -->' of this README.", type=click.Path(dir_okay=False)),
     _opt("--publish", "Also copy the small result files here (README links point there).",

@@ -67,6 +67,8 @@ class Table4Config:
         threads: torch threads per job.
         device: ``auto``, ``cpu`` or ``cuda``.
         run: train and evaluate missing cells; ``False`` only aggregates what exists.
+        diagnose: also measure why MOF does or does not help (``mof.reproduce.diagnose``) and
+            write ``RESULTS/table4_diagnosis.md``.
         readme: a README whose block between ``<!-- table4:begin -->`` and
             ``<!-- table4:end -->`` is rewritten with the results.
         publish: also copy the small result files (md, csv, png) into this directory (the
@@ -100,6 +102,7 @@ class Table4Config:
     threads: int = 1
     device: str = "auto"
     run: bool = True
+    diagnose: bool = False
     readme: str | None = None
     publish: str | None = None
     progress: bool = True

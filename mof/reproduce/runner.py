@@ -43,6 +43,7 @@ __all__ = [
     "prepare_data",
     "run_cell",
     "run_grid",
+    "shard_paths",
 ]
 
 #: Train settings that may differ between a finished cell and a new request (they change
@@ -114,6 +115,22 @@ def describe_host() -> dict[str, Any]:
 # --- data --------------------------------------------------------------------------------------
 
 
+def _shard_root(cfg: Table4Config) -> tuple[Path, int, int]:
+    """``WORK/<dataset>/shards/r<R>-s<S>``, R and S."""
+    from mof.models import create_model
+
+    size = cfg.size or create_model(cfg.model, **cfg.resolved_model_args).contract.frame_size
+    frames = cfg.needed_frames
+    return (Path(cfg.work) / _dataset_slug(cfg.dataset) / "shards" / f"r{frames}-s{size}",
+            frames, size)
+
+
+def shard_paths(cfg: Table4Config) -> ShardPaths:
+    """Where :func:`prepare_data` puts the shards (whether or not they exist yet)."""
+    root = _shard_root(cfg)[0]
+    return ShardPaths(train=str(root / "train"), test=str(root / "test"))
+
+
 def prepare_data(cfg: Table4Config) -> ShardPaths:
     """Generate the synthetic dataset if needed, then shard train and test (both resumable).
 
@@ -121,20 +138,16 @@ def prepare_data(cfg: Table4Config) -> ShardPaths:
         ValueError, RuntimeError: from ``mof-cli synth`` / ``mof-cli shard`` (bad manifest,
             settings that differ from what the directories hold, failed videos).
     """
-    from mof.models import create_model
     from pipeline.shard import ShardConfig, write_shards
 
-    base = Path(cfg.work) / _dataset_slug(cfg.dataset)
     root = cfg.root
     if cfg.dataset == SYNTHETIC and root is None:
         from pipeline.synth import SynthConfig, generate_synthetic
 
-        root = str(base / "data")
+        root = str(Path(cfg.work) / SYNTHETIC / "data")
         generate_synthetic(SynthConfig(out=Path(root), train=cfg.synth_train,
                                        test=cfg.synth_test, progress=cfg.progress))
-    size = cfg.size or create_model(cfg.model, **cfg.resolved_model_args).contract.frame_size
-    frames = cfg.needed_frames
-    shards = base / "shards" / f"r{frames}-s{size}"
+    shards, frames, size = _shard_root(cfg)
     for split in ("train", "test"):
         summary = write_shards(ShardConfig(
             dataset=cfg.dataset, root=root, split=split, out=str(shards / split), frames=frames,
@@ -142,7 +155,7 @@ def prepare_data(cfg: Table4Config) -> ShardPaths:
         if summary.errors_total:
             print(f"shards/{split}: {summary.errors_total} videos could not be decoded "
                   f"(see {shards / split / 'errors.jsonl'})", flush=True)
-    return ShardPaths(train=str(shards / "train"), test=str(shards / "test"))
+    return shard_paths(cfg)
 
 
 # --- one cell ----------------------------------------------------------------------------------
