@@ -198,12 +198,12 @@ def test_text_directory_spec_round_trip(tmp_path):
     DistilBertModel(DistilBertConfig(vocab_size=len(words), **SMALL_TEXT)).save_pretrained(text_dir)
     vocab = {w: i for i, w in enumerate(words)}
     DistilBertTokenizer(vocab=vocab).save_pretrained(text_dir)
-    model = create_model("resnet50", text_dir=str(text_dir), max_frames=2,
+    model = create_model("resnet50", text_dir=str(text_dir), max_frames=2, frame_size=64,
                          backbone_args={"channels": [8, 16, 32, 64]}).eval()
     assert model.spec["text"]["dim"] == 32 and model.spec["text"]["vocab_size"] == len(words)
     text = model.tokenize(["a dog runs", "a cat"])
     assert text["input_ids"][0].tolist() == [2, 5, 6, 7, 3]
-    video = torch.randn(2, 2, 3, 224, 224)
+    video = torch.randn(2, 2, 3, 64, 64)
     with torch.no_grad():
         expected = model(video, text["input_ids"], text["attention_mask"])
     save_model(model, tmp_path / "saved")
