@@ -47,6 +47,9 @@ _OPTIONS = [
     _opt("--seed", type=int, help="Seed of initialisation, data order, draws, augmentation."),
     _opt("--lr", type=float, help="Model AdamW learning rate alpha (tiny models from scratch: "
                                    "use about 1e-3)."),
+    _opt("--lr-schedule", type=click.Choice(["constant", "cosine"]),
+         help="Model learning rate after warm-up: constant (the paper) or cosine decay."),
+    _opt("--warmup-steps", type=int, help="Linear learning-rate warm-up steps."),
     _opt("--inner-lr", type=float, help="Inner SGD alpha of the frame step [default: --lr]."),
     _opt("--weight-decay", type=float, help="AdamW weight decay."),
     _opt("--frame-lr", type=float, help="Adam learning rate beta of the learnable frames."),
@@ -71,6 +74,8 @@ _OPTIONS = [
     _opt("--eval-batch-size", type=int, help="Videos per encoding batch at evaluation."),
     click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
                  help="Extra create_model argument (YAML value), repeatable."),
+    _opt("--init-from", help="Start from a saved model (model, checkpoint or run directory) "
+                             "instead of random weights."),
     click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
                  help="YAML file of settings; options given here override it."),
     click.option("--resume", type=click.Path(file_okay=False, exists=True), metavar="RUN_DIR",

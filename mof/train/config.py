@@ -37,6 +37,7 @@ _SCHEDULES = ("phase", "epoch")
 _AUGMENT = ("none", "crop", "crop-flip")
 _DEVICES = ("auto", "cpu", "cuda")
 _STORE_DTYPES = ("float32", "float16")
+_LR_SCHEDULES = ("constant", "cosine")
 
 
 class ConfigError(ValueError):
@@ -84,6 +85,9 @@ class TrainConfig:
             the name ends in ``MedR`` or ``MeanR``).
         seed: seeds model initialisation, data order, caption and frame draws, augmentation.
         lr: model AdamW learning rate (the paper's α, 1e-5 for pre-trained models).
+        lr_schedule: ``constant`` (the paper) or ``cosine`` decay to 0 over the run, both after
+            ``warmup_steps`` of linear warm-up.
+        warmup_steps: model-level steps of linear learning-rate warm-up.
         inner_lr: α of the temporary SGD step of the ``phase`` schedule; ``None`` uses ``lr``.
         weight_decay: AdamW weight decay (Frozen trains with 0).
         frame_lr: Adam learning rate β of the learnable frames.
@@ -110,6 +114,8 @@ class TrainConfig:
         log_every: TensorBoard scalars every this many steps.
         eval_batch_size: videos per encoding batch at evaluation.
         model_args: extra keyword arguments of ``create_model`` (e.g. weight paths).
+        init_from: start from the weights (and tokenizer) of a saved model: a model directory,
+            a checkpoint directory or a run directory (its best checkpoint).
         resume: a run directory to continue from its last checkpoint.
     """
 
@@ -127,6 +133,8 @@ class TrainConfig:
     metric: str = "t2v/R@1"
     seed: int = 0
     lr: float = 1e-5
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
     inner_lr: float | None = None
     weight_decay: float = 0.0
     frame_lr: float = 8e-4
@@ -147,6 +155,7 @@ class TrainConfig:
     log_every: int = 10
     eval_batch_size: int = 64
     model_args: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
     resume: str | None = None
 
     def __post_init__(self) -> None:
@@ -169,7 +178,7 @@ class TrainConfig:
             p.append(str(err))
         for name, allowed in (("meta_grad", _META_GRAD), ("frame_schedule", _SCHEDULES),
                               ("augment", _AUGMENT), ("device", _DEVICES),
-                              ("store_dtype", _STORE_DTYPES)):
+                              ("store_dtype", _STORE_DTYPES), ("lr_schedule", _LR_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 p.append(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                          f"got {getattr(self, name)!r}")
@@ -178,7 +187,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 p.append(f"--{name.replace('_', '-')} must be a positive integer, "
                          f"got {getattr(self, name)!r}")
-        for name in ("workers", "checkpoint_every", "shuffle_buffer"):
+        for name in ("workers", "checkpoint_every", "shuffle_buffer", "warmup_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 p.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
         if self.batch_size < 2:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import torch
@@ -13,11 +14,12 @@ from mof.models import RetrievalModel, create_model
 from mof.models.io import load_model
 from mof.models.tokenizer import WordTokenizer
 
-__all__ = ["build_model", "enable_activation_checkpointing"]
+__all__ = ["build_model", "build_optimizer", "enable_activation_checkpointing"]
 
 
 def build_model(name: str, model_args: dict, captions: list[str], seed: int,
-                checkpoint_dir: Path | None = None) -> RetrievalModel:
+                checkpoint_dir: Path | None = None, init_from: str | None = None
+                ) -> RetrievalModel:
     """The run's model on the CPU.
 
     Args:
@@ -26,10 +28,23 @@ def build_model(name: str, model_args: dict, captions: list[str], seed: int,
         captions: the training captions; models with a word-level tokenizer get one built
             from them (unless ``model_args`` gives a tokenizer).
         seed: torch seed of the random initialisation (identical on every rank).
-        checkpoint_dir: resume from this checkpoint instead (weights and tokenizer).
+        checkpoint_dir: resume from this checkpoint (weights and tokenizer).
+        init_from: start from this saved model (model, checkpoint or run directory) instead
+            of a random initialisation; it must be a ``name`` model.
+
+    Raises:
+        ValueError: ``init_from`` holds another model than ``name``.
     """
     if checkpoint_dir is not None:
         return load_model(checkpoint_dir)
+    if init_from is not None:
+        from mof.evaluate import resolve_checkpoint
+
+        model = load_model(resolve_checkpoint(init_from)[0])
+        if model.spec.get("name") != name:
+            raise ValueError(f"--init-from {init_from} holds a {model.spec.get('name')} model, "
+                             f"not {name}")
+        return model
     torch.manual_seed(seed)
     model = create_model(name, **model_args)
     if model.contract.tokenizer == "wordlevel" and "tokenizer" not in model_args:
@@ -37,6 +52,28 @@ def build_model(name: str, model_args: dict, captions: list[str], seed: int,
         torch.manual_seed(seed)  # the same initial weights whatever the first build drew
         model = create_model(name, tokenizer=tokenizer, **model_args)
     return model
+
+
+def build_optimizer(model: RetrievalModel, *, lr: float, weight_decay: float, schedule: str,
+                    warmup_steps: int, total_steps: int
+                    ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (Frozen's eps 1e-6) with linear warm-up, then constant or cosine decay to 0.
+
+    Args:
+        total_steps: model-level steps of the whole run (cosine only).
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+                                  eps=1e-6)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _checkpointed(forward, *args, **kwargs):
@@ -60,11 +97,14 @@ def enable_activation_checkpointing(model: RetrievalModel) -> int:
         own(True)
         return -1
     wrapped = 0
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList):
-            for block in module:
-                block.forward = functools.partial(_checkpointed, block.forward)
-                wrapped += 1
+    inside: list[str] = []  # blocks already wrapped: their own block lists are left alone
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or any(name.startswith(p) for p in inside):
+            continue
+        for index, block in enumerate(module):
+            block.forward = functools.partial(_checkpointed, block.forward)
+            inside.append(f"{name}.{index}.")
+            wrapped += 1
     if not wrapped:
         raise ValueError(f"{type(model).__name__} has no block list to checkpoint")
     return wrapped

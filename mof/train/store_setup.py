@@ -65,7 +65,8 @@ def _summary(sample: dict) -> dict:
             "dataset": sample["meta"].get("dataset", ""), "shape": _npy_shape(sample["frames"])}
 
 
-def scan_train_shards(shards: list[str], dist: DistInfo, workers: int) -> TrainIndex:
+def scan_train_shards(shards: list[str], dist: DistInfo, workers: int,
+                      progress: bool = True) -> TrainIndex:
     """Read keys, captions and frame shapes of the training shards (every rank its own part).
 
     Raises:
@@ -75,7 +76,7 @@ def scan_train_shards(shards: list[str], dist: DistInfo, workers: int) -> TrainI
                            decode=False)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_summary)
     local = [s for s in tqdm(loader, desc="scan shards", unit="video", leave=False,
-                             disable=not dist.is_main)]
+                             disable=not (progress and dist.is_main))]
     gathered = all_gather_objects(local)
     rows = [s for part in gathered for s in part]
     shapes = {s["shape"] for s in rows}
@@ -124,7 +125,8 @@ def _decoded(sample: dict) -> dict:
 
 
 def init_store_rows(store: FrameStore, shards: list[str], contract: InputContract, *,
-                    num_frames: int, dist: DistInfo, workers: int, chunk: int = 32) -> int:
+                    num_frames: int, dist: DistInfo, workers: int, chunk: int = 32,
+                    progress: bool = True) -> int:
     """Write U uniform frames into every row the store reports missing; returns rows written.
 
     Every rank fills the rows of the shards it reads; rank 0 then records the count.
@@ -136,7 +138,7 @@ def init_store_rows(store: FrameStore, shards: list[str], contract: InputContrac
         loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_decoded)
         rows, frames = [], []
         bar = tqdm(loader, desc="init MOF store", unit="video", leave=False,
-                   disable=not dist.is_main)
+                   disable=not (progress and dist.is_main))
         for sample in bar:
             row = int(store.row_of([sample["key"]])[0])
             if row not in missing:

@@ -35,7 +35,11 @@ from mof.train.config import TrainConfig, save_train_config
 from mof.train.data import RawBatch, TrainStream, draw_phase, phase_seed
 from mof.train.epoch_schedule import frame_lr_at, runs_frame_step
 from mof.train.evaluation import evaluate_run, is_better
-from mof.train.model_setup import build_model, enable_activation_checkpointing
+from mof.train.model_setup import (
+    build_model,
+    build_optimizer,
+    enable_activation_checkpointing,
+)
 from mof.train.phases import (
     FrameState,
     GlobalContrastive,
@@ -107,12 +111,12 @@ class Trainer:
             raise FileExistsError(f"{self.out} already holds a run: pass --resume {self.out} "
                                   "to continue it, or choose another --out")
         self.shards = resolve_shards(cfg.train.split(",") if "," in cfg.train else cfg.train)
-        self.index = scan_train_shards(self.shards, self.dist, cfg.workers)
+        self.index = scan_train_shards(self.shards, self.dist, cfg.workers, self.progress_bar)
         if cfg.mof and cfg.regular_frames > self.index.stored_frames:
             raise ValueError(f"--frames {cfg.frames}: R = {cfg.regular_frames} but the shards "
                              f"store {self.index.stored_frames} frames per video")
         self.model = build_model(cfg.model, cfg.model_args, self.index.captions, cfg.seed,
-                                 resumed).to(self.device)
+                                 resumed, cfg.init_from).to(self.device)
         if cfg.grad_checkpointing:
             enable_activation_checkpointing(self.model)
         self.model.set_attention("fused")
@@ -120,8 +124,12 @@ class Trainer:
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_module = DistributedDataParallel(self.step_module, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay, eps=1e-6)
+        self.steps_per_epoch = min(self.index.rank_samples) // (cfg.batch_size // world)
+        total = cfg.epochs * self.steps_per_epoch
+        self.optimizer, self.scheduler = build_optimizer(
+            self.model, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule=cfg.lr_schedule,
+            warmup_steps=cfg.warmup_steps,
+            total_steps=min(total, cfg.max_steps) if cfg.max_steps else total)
         self.stream = TrainStream(self.shards, batch_size=cfg.batch_size // world, seed=cfg.seed,
                                   rank=self.dist.rank, world_size=world, workers=cfg.workers,
                                   shuffle=cfg.shuffle_buffer)
@@ -129,6 +137,7 @@ class Trainer:
             state = load_trainer_state(resumed)
             self.progress = Progress(**state["progress"])
             self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
         if cfg.mof:
             self._setup_store()
@@ -145,7 +154,7 @@ class Trainer:
             regular_frames=cfg.regular_frames, shards=self.shards, dtype=cfg.store_dtype,
             dist=dist)
         init_store_rows(self.store, self.shards, self.model.contract, num_frames=cfg.num_frames,
-                        dist=dist, workers=cfg.workers)
+                        dist=dist, workers=cfg.workers, progress=self.progress_bar)
         self.journal = RowJournal(self.out / "journal", dist.rank)
         generation = self.progress.phase
         if dist.is_main:  # put back the rows written after the checkpoint being resumed
@@ -218,7 +227,7 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         desc = f"epoch {p.epoch + 1}/{cfg.epochs}" + (" frames" if stage == "frames" else "")
         bar = tqdm(desc=desc, unit="batch", initial=p.batch, dynamic_ncols=True,
-                   total=min(self.index.rank_samples) // (cfg.batch_size // self.dist.world_size),
+                   total=self.steps_per_epoch,
                    disable=not (self.progress_bar and self.dist.is_main))
         tick = time.time()
         for batch, state in self._batches(stage):
@@ -259,6 +268,7 @@ class Trainer:
         self.model.train()
         loss = model_level_step(self.step_module, self.model, self.optimizer, frames, draw.text,
                                 draw.augment, seed=draw.torch_seed, amp=self.amp)
+        self.scheduler.step()
         p.loss_sum, p.loss_count = p.loss_sum + loss, p.loss_count + 1
         stats = {"loss": loss}
         if frame_step:
@@ -347,6 +357,7 @@ class Trainer:
         save_model(self.model, directory)
         save_trainer_state(directory, {"progress": asdict(self.progress),
                                        "optimizer": self.optimizer.state_dict(),
+                                       "scheduler": self.scheduler.state_dict(),
                                        "rng": rng_state(), "config": self.cfg.to_dict()})
 
     def _summary(self, seconds: float) -> dict[str, Any]:
