@@ -4,14 +4,16 @@
 most frames any cell needs), trains and evaluates every cell and seed that is not finished
 (:mod:`mof.reproduce.runner`), aggregates mean ± std over seeds
 (:mod:`mof.reproduce.aggregate`) and writes the table, the plots and optionally the README
-block (:mod:`mof.reproduce.report`, :mod:`mof.reproduce.plots`). See ``docs/table4.md``.
+block (:mod:`mof.reproduce.outputs`, :mod:`mof.reproduce.report`, :mod:`mof.reproduce.plots`).
+See the README, section ``make reproduce-table4``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +30,7 @@ __all__ = [
     "Table4Summary",
     "parse_grid",
     "reproduce_table4",
-    "write_report",
 ]
-
-_PUBLISHED = ("table4.md", "table4.csv", "table4_seeds.csv", "table4.png", "curves.png")
-_PUBLISH_LIMIT = 1 << 20  # small files only go next to the docs
 
 
 @dataclass
@@ -62,93 +60,38 @@ class Table4Summary:
         return "\n".join(lines)
 
 
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
+class _LoadSampler(threading.Thread):
+    """Samples the 1-minute load average while the grid runs (the machine may be shared)."""
+
+    def __init__(self, every_s: float = 15.0):
+        super().__init__(daemon=True)
+        self.every_s = every_s
+        self.samples: list[float] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                self.samples.append(os.getloadavg()[0])
+            if self._stop_event.wait(self.every_s):
+                return
+
+    def stop(self) -> dict[str, float | None]:
+        self._stop_event.set()
+        self.join()
+        if not self.samples:
+            return {"load_mean": None, "load_max": None}
+        return {"load_mean": sum(self.samples) / len(self.samples), "load_max": max(self.samples)}
 
 
-def _settings_line(cfg: Table4Config) -> str:
-    mof = f"MOF: --meta-grad {cfg.meta_grad}, --frame-schedule {cfg.frame_schedule}, " \
-          f"β = {cfg.frame_lr:g}" + (f", α = {cfg.inner_lr:g}" if cfg.inner_lr else "")
-    extra = "".join(f", {k} = {v}" for k, v in sorted(cfg.resolved_train_args.items()))
-    extra += "".join(f", model {k} = {v}" for k, v in sorted(cfg.resolved_model_args.items()))
-    epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs > 1 else "")
-    return (f"Every cell: {epochs}, batch {cfg.batch_size}, lr {cfg.resolved_lr:g}"
-            f"{extra}; {mof}; evaluated checkpoint: {cfg.select}.")
+def _record_run(cfg: Table4Config, record: dict[str, Any]) -> None:
+    """Append this call's wall time and load to ``WORK/<dataset>/<model>/table4_runs.json``."""
+    from mof.reproduce.runner import model_dir
+    from pipeline.index import atomic_write_json
 
-
-def write_report(cfg: Table4Config, run_info: dict[str, Any] | None = None) -> list[str]:
-    """Aggregate the finished cells of ``cfg`` and write every result file.
-
-    Returns:
-        The paths written (empty when no cell has finished).
-    """
-    from mof.reproduce.aggregate import compare, load_results, summarize
-    from mof.reproduce.grid import paper_rows
-    from mof.reproduce.plots import plot_curves, plot_tradeoff
-    from mof.reproduce.report import (
-        markdown_report,
-        relative_link,
-        rewrite_readme,
-        seeds_csv,
-        table_csv,
-    )
-    from pipeline.index import atomic_write_bytes
-
-    results = load_results(cfg)
-    if not results:
-        return []
-    summaries = summarize(results, cfg.cells)
-    comparisons = compare(summaries)
-    paper_name, paper = paper_rows(cfg.dataset)
-    out = Path(cfg.results)
-    out.mkdir(parents=True, exist_ok=True)
-    title = f"{cfg.model} on {cfg.dataset}"
-    plot_tradeoff(summaries, paper, paper_name, f"ours: {title}", out / "table4.png")
-    plot_curves(results, cfg.cells, title, out / "curves.png")
-    cell_json = json.loads((_first_cell_json(cfg, results[0])).read_text())
-    metrics = json.loads((_first_cell_json(cfg, results[0]).parent / "metrics.json").read_text())
-    counts = metrics["counts"]
-    info = {"model": cfg.model, "dataset": cfg.dataset, "seeds": cfg.seeds,
-            "host": cell_json["host"], "settings": _settings_line(cfg),
-            "counts": f"{counts['videos']} test videos, {counts['queries']} queries"}
-    images = {"table4": "table4.png", "curves": "curves.png"}
-    files = {"table4.md": "# Table IV reproduction\n\n"
-                          + markdown_report(summaries, comparisons, info, paper_name, paper, images),
-             "table4.csv": table_csv(summaries, cfg.model, paper_name, paper),
-             "table4_seeds.csv": seeds_csv(results)}
-    for name, text in files.items():
-        atomic_write_bytes(out / name, text.encode())
-    summary = {"config": cfg.to_dict(), "host": cell_json["host"], "run": run_info or {},
-               "cells": [{"frames": s.cell.frames, "seeds": s.seeds,
-                          **{k: [v.mean, v.std] for k, v in s.metrics.items()},
-                          "train_s": [s.train_s.mean, s.train_s.std],
-                          "test_s": [s.test_s.mean, s.test_s.std]} for s in summaries]}
-    atomic_write_bytes(out / "table4.json", (json.dumps(summary, indent=2) + "\n").encode())
-    written = [str(out / n) for n in (*files, "table4.json", "table4.png", "curves.png")]
-    shown = out
-    if cfg.publish:
-        shown = Path(cfg.publish)
-        shown.mkdir(parents=True, exist_ok=True)
-        for name in _PUBLISHED:
-            if (out / name).stat().st_size <= _PUBLISH_LIMIT:
-                shutil.copyfile(out / name, shown / name)
-                written.append(str(shown / name))
-    if cfg.readme:
-        readme = Path(cfg.readme)
-        links = {k: relative_link(shown / f"{k}.png", readme) for k in ("table4", "curves")}
-        rewrite_readme(readme, markdown_report(summaries, comparisons, info, paper_name, paper,
-                                               links))
-        written.append(str(readme))
-    return written
-
-
-def _first_cell_json(cfg: Table4Config, result) -> Path:
-    from mof.reproduce.runner import cell_dir
-
-    return cell_dir(cfg, result.cell, result.seed) / "cell.json"
+    path = model_dir(cfg) / "table4_runs.json"
+    runs = json.loads(path.read_text()) if path.is_file() else []
+    atomic_write_json(path, [*runs, record])
 
 
 def reproduce_table4(cfg: Table4Config) -> Table4Summary:
@@ -165,7 +108,6 @@ def reproduce_table4(cfg: Table4Config) -> Table4Summary:
 
     start = time.time()
     summary = Table4Summary(expected=len(cfg.cells) * cfg.seeds)
-    run_info: dict[str, Any] = {"started": start, "load_average_start": _load_average()}
     if cfg.run:
         from pipeline.index import atomic_write_json
 
@@ -179,14 +121,19 @@ def reproduce_table4(cfg: Table4Config) -> Table4Summary:
             bar.update()
             bar.set_postfix_str(f"{outcome.frames} seed {outcome.seed}: {outcome.status}")
 
+        sampler = _LoadSampler()
+        sampler.start()
         outcomes = run_grid(cfg, shards, on_done)
         bar.close()
         for o in outcomes:
             summary.outcomes[o.status] = summary.outcomes.get(o.status, 0) + 1
             if o.status == "failed":
                 summary.failed.append(f"{o.frames} seed {o.seed}: {o.error}")
-    run_info.update(wall_s=time.time() - start, load_average_end=_load_average())
-    summary.files = write_report(cfg, run_info)
+        _record_run(cfg, {"started": start, "wall_s": time.time() - start,
+                          "outcomes": summary.outcomes, **sampler.stop()})
+    from mof.reproduce.outputs import write_report
+
+    summary.files = write_report(cfg)
     if cfg.diagnose and summary.files:
         from mof.reproduce.diagnose import diagnose
         from mof.reproduce.runner import shard_paths

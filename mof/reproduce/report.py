@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import re
@@ -27,6 +28,7 @@ __all__ = [
     "markdown_report",
     "rewrite_readme",
     "seeds_csv",
+    "summary_json",
     "table_csv",
     "verdict_lines",
 ]
@@ -181,6 +183,24 @@ def seeds_csv(results: list[SeedResult]) -> str:
         writer.writerow([r.cell.frames, r.seed, *[_num(r.metrics[k]) for k in METRICS],
                          _num(r.train_s), _num(r.test_s)])
     return buf.getvalue()
+
+
+def summary_json(summaries: list[CellSummary], comparisons: list[Comparison],
+                 info: dict[str, Any], config: dict[str, Any]) -> str:
+    """``table4.json``: the settings, the machine, [mean, std] per metric and the verdicts."""
+    cells = [{"frames": s.cell.frames, "seeds": s.seeds,
+              **{k: [v.mean, _or_none(v.std)] for k, v in s.metrics.items()},
+              "train_s": [s.train_s.mean, _or_none(s.train_s.std)],
+              "test_s": [s.test_s.mean, _or_none(s.test_s.std)]} for s in summaries]
+    verdicts = [{"frames": c.cell.frames, "against": c.against.frames, "kind": c.kind,
+                 "metric": c.metric, "delta": c.delta, "spread": _or_none(c.spread),
+                 "verdict": c.verdict} for c in comparisons]
+    data = {"config": config, "info": info, "cells": cells, "comparisons": verdicts}
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _or_none(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def relative_link(target: Path, readme: Path) -> str:
