@@ -118,7 +118,7 @@ def test_one_phase_changes_exactly_the_rows_of_its_batch(train_data, tmp_path, m
     try:
         trainer.setup()
         _, before = read_store(tmp_path / "run")
-        batch, state = next(trainer._batches("model"))
+        batch, state = next(trainer._batches())
         trainer._phase(batch, state)
         trainer.io.flush()
         rows = trainer.store.row_of(batch.keys)
@@ -172,10 +172,11 @@ def test_frame_step_every_k_skips_batches(train_data, tmp_path):
 def test_config_reports_every_problem_at_once():
     with pytest.raises(ConfigError) as err:
         TrainConfig(model="", train="x", out="y", frames="4:8", batch_size=1, lr=0,
-                    meta_grad="second-order", crop_scale=2.0, frame_betas=(0.9,))
+                    meta_grad="second-order", crop_scale=2.0, frame_betas=(0.9,),
+                    metric="t2v/R@2")
     message = str(err.value)
     for fragment in ("--model is required", "R must be >= U", "--batch-size", "--lr",
-                     "--meta-grad", "--crop-scale", "--frame-betas"):
+                     "--meta-grad", "--crop-scale", "--frame-betas", "--metric"):
         assert fragment in message
 
 

@@ -209,6 +209,10 @@ class TrainConfig:
             len(self.frame_betas) != 2 or not all(0 <= b < 1 for b in self.frame_betas)
         ):
             p.append(f"--frame-betas must be two numbers in [0, 1), got {self.frame_betas}")
+        direction, _, name = str(self.metric).partition("/")
+        if direction not in ("t2v", "v2t") or name not in ("R@1", "R@5", "R@10", "MedR", "MeanR"):
+            p.append(f"--metric must be t2v/ or v2t/ followed by R@1, R@5, R@10, MedR or MeanR, "
+                     f"got {self.metric!r}")
         if not isinstance(self.model_args, dict):
             p.append(f"model_args must be a mapping, got {type(self.model_args).__name__}")
         return p

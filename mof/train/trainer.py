@@ -117,6 +117,10 @@ class Trainer:
                              f"store {self.index.stored_frames} frames per video")
         self.model = build_model(cfg.model, cfg.model_args, self.index.captions, cfg.seed,
                                  resumed, cfg.init_from).to(self.device)
+        most = max(cfg.num_frames, cfg.regular_frames or 0)
+        if most > self.model.contract.max_frames:
+            raise ValueError(f"--frames {cfg.frames}: {cfg.model} takes at most "
+                             f"{self.model.contract.max_frames} frames per video")
         if cfg.grad_checkpointing:
             enable_activation_checkpointing(self.model)
         self.model.set_attention("fused")
@@ -205,7 +209,7 @@ class Trainer:
             self.log.add_row(row)  # one row per evaluation (per epoch without --test)
         self.save_checkpoint()
 
-    def _batches(self, stage: str):
+    def _batches(self):
         """This stage's remaining batches with their store rows prefetched one batch ahead."""
         p = self.progress
         it = self.stream.epoch(p.epoch, skip=p.batch)
@@ -230,12 +234,12 @@ class Trainer:
                    total=self.steps_per_epoch,
                    disable=not (self.progress_bar and self.dist.is_main))
         tick = time.time()
-        for batch, state in self._batches(stage):
+        for batch, state in self._batches():
             if stage == "model":
                 postfix = self._phase(batch, state)
                 p.step += 1
             else:
-                postfix = self._frame_batch(batch, state, stage_seed=1)
+                postfix = self._frame_batch(batch, state)
             p.batch += 1
             p.phase += 1
             now = time.time()
@@ -275,13 +279,12 @@ class Trainer:
             stats.update(self._frame_update(batch, state, draw, lr=cfg.frame_lr))
         return stats
 
-    def _frame_batch(self, batch: RawBatch, state: FrameRows, stage_seed: int
-                     ) -> dict[str, float]:
+    def _frame_batch(self, batch: RawBatch, state: FrameRows) -> dict[str, float]:
         """A batch of the ``frames`` stage (epoch schedule): Θ fixed, eval mode, α = 1."""
         cfg, p = self.cfg, self.progress
         draw = draw_phase(
             batch, self.model,
-            seed=phase_seed(cfg.seed, p.epoch, p.batch, self.dist.rank, stage_seed),
+            seed=phase_seed(cfg.seed, p.epoch, p.batch, self.dist.rank, stream=1),
             num_frames=cfg.num_frames, regular_frames=cfg.regular_frames, augment=cfg.augment,
             crop_scale=cfg.crop_scale, device=self.device, need_uniform=False)
         self.model.eval()
