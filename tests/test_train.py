@@ -206,3 +206,16 @@ def test_resume_rejects_changed_settings(tmp_path):
         load_train_config(None, {"resume": str(tmp_path), "lr": 0.1, "epochs": 20})
     config = load_train_config(None, {"resume": str(tmp_path), "epochs": 20})
     assert config.epochs == 20 and config.model == "frozen-tiny"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("meta_grad", ["exact", "finite-diff"])
+def test_mof_on_gpu_with_bf16_and_checkpointing(train_data, tmp_path, meta_grad):
+    run = tmp_path / "gpu"
+    summary = train(tiny_config(train_data, run, test=train_data["test"], device="cuda",
+                                amp=True, grad_checkpointing=True, meta_grad=meta_grad),
+                    progress=False)
+    assert summary["steps"] == TRAIN_VIDEOS // 4 and "t2v/R@1" in summary
+    _, rows = read_store(run)
+    assert (rows.step == 1).all() and np.isfinite(rows.frames).all()
