@@ -56,6 +56,7 @@ demo: $(STAMP)  ## the main job end to end on the embedded synthetic dataset
 	    --test $(DEMO_DIR)/shards/test --out $(DEMO_DIR)/runs/mof $(DEMO_TRAIN); \
 	fi
 	$(CLI) eval --checkpoint $(DEMO_DIR)/runs/mof --shards $(DEMO_DIR)/shards/test
+	$(CLI) export-frames --run $(DEMO_DIR)/runs/mof --num 4 --out $(DEMO_DIR)/frames --mp4 --attention
 
 bench: $(STAMP)  ## benchmarks (print tables)
 	$(PY) benchmarks/bench_shard.py
