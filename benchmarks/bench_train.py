@@ -1,0 +1,467 @@
+"""Cost of one training phase: baselines, MOF per meta-gradient mode, and a cost-model floor.
+
+Runs the real trainer (``mof.train.trainer.Trainer``) with ``frozen-tiny`` (64 px, batch 8, one
+CPU thread) on synthetic shards: baseline-U and baseline-R, MOF R:U in (8,4) (16,4) (8,8)
+(32,8) with each meta-gradient mode, and MOF 8:8 and 32:8 with ``--frame-step-every k``. The
+trainer's calls are wrapped with timers; nothing in it is replaced. Every configuration trains
+one epoch in its own thread, and a round-robin baton lets one thread at a time run a phase, so
+phase k of every configuration runs in the same minute and drifting load from other processes
+falls on all alike. Times are the working thread's CPU seconds (``time.thread_time``), means
+over phases 1-10 (phase 0 is warm-up; 10 phases hold whole cycles of k = 2, 5, 10).
+
+- *phase*: from taking the baton (just before the reader's ``next()``) to the end of
+  ``Trainer._phase``: data, store wait, draw, model-level step, frame-level step, undo journal,
+  store write-back; *data* is the reader's ``next()`` (``--workers 0``);
+- *store I/O*: the phase's time in the store's prefetch/get/write calls and the undo journal,
+  plus the CPU time of the store's background read/write threads;
+- *floor* of a MOF phase: the phase's own model-level step on U frames, plus one inner
+  gradient on U, one outer forward-backward on R and two ε-gradients on U, each timed right
+  after every phase on a batch of the run with the run's current model;
+- *peak*: from a separate sequential pass in a subprocess (threads would mix allocations)
+  where glibc serves large blocks by ``mmap``: a phase's peak resident memory above the set-up
+  trainer's.
+
+    .venv/bin/python benchmarks/bench_train.py [--json out.json]   # ~15 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+BATCH, PAIRS, MODES = 8, ((8, 4), (16, 4), (8, 8), (32, 8)), ("exact", "finite-diff")
+#: The paper's train hours on MSR-VTT: MOF R:U over Frozen trained on R frames (its Table VI).
+PAPER = {(8, 8): 10 / 8, (32, 8): 28 / 20}
+EVERY = (2, 5, 10)
+WINDOW = range(1, 11)  # measured phases
+_local = threading.local()
+
+
+def make_shards(cache: Path, videos: int, stored: int) -> str:
+    """Synthetic train shards of ``videos`` videos with ``stored`` frames of 64 px (cached)."""
+    from pipeline.shard import ShardConfig, write_shards
+    from pipeline.synth import SynthConfig, generate_synthetic
+
+    raw, out = cache / f"raw-{videos}", cache / f"train-{videos}x{stored}"
+    if not (out / "index.json").is_file():
+        generate_synthetic(SynthConfig(out=raw, train=videos, test=1, duration_s=3.0,
+                                       captions=2, progress=False))
+        write_shards(ShardConfig(dataset="synthetic", root=str(raw), split="train",
+                                 out=str(out), frames=stored, size=64, backend="ffmpeg",
+                                 workers=2, shard_size=BATCH * 2), progress=False)
+    return str(out)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(field + ":")).split()[1])
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # Linux: VmHWM := current RSS
+        f.write("5")
+
+
+class Baton:
+    """Round-robin turns: one named thread at a time runs a phase."""
+
+    def __init__(self, names: list[str]):
+        self.order, self.turn = list(names), names[0]
+        self.cond = threading.Condition()
+
+    def take(self, name: str) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == name)
+
+    def _next(self, name: str) -> str | None:
+        i = self.order.index(name)
+        return self.order[(i + 1) % len(self.order)] if len(self.order) > 1 else None
+
+    def give(self, name: str) -> None:
+        with self.cond:
+            self.turn = self._next(name)
+            self.cond.notify_all()
+
+    def leave(self, name: str) -> None:
+        with self.cond:
+            if self.turn == name:
+                self.turn = self._next(name)
+            self.order.remove(name)
+            self.cond.notify_all()
+
+
+class Probe:
+    """Timers around one trainer's calls: per-phase CPU time and peak memory, and parts."""
+
+    def __init__(self, name: str, baton: Baton | None = None) -> None:
+        self.name, self.baton, self.phase, self.holding = name, baton, 0, False
+        self.parts: list[tuple[int, str, float]] = []  # (phase, part, CPU seconds)
+        self.floor: dict[str, Callable[[], object]] = {}  # passes timed after each phase
+        self.phases: list[dict[str, float]] = []
+        self._start = 0.0
+        self._rss = _status_kib("VmRSS")
+
+    def add(self, part: str, seconds: float) -> None:
+        self.parts.append((self.phase, part, seconds))
+
+    def begin(self) -> None:
+        if not self.holding:
+            if self.baton is not None:
+                self.baton.take(self.name)
+            self.holding, self._start = True, time.thread_time()
+            _reset_peak()
+
+    def end(self) -> None:
+        peak = (_status_kib("VmHWM") - self._rss) / 1024
+        self.phases.append({"cpu": time.thread_time() - self._start, "peak_mib": peak})
+        for part, fn in self.floor.items():  # the floor's passes, right after the phase
+            start = time.thread_time()
+            fn()
+            self.add(part, time.thread_time() - start)
+        self.phase, self.holding = self.phase + 1, False
+        if self.baton is not None:
+            self.baton.give(self.name)
+
+    def summary(self) -> dict[str, float]:
+        """Mean CPU and parts per phase over :data:`WINDOW`; the largest peak."""
+        rows = [self.phases[i] for i in WINDOW]
+        out = {"cpu": statistics.fmean(r["cpu"] for r in rows),
+               "peak_mib": max(r["peak_mib"] for r in rows)}
+        sums: dict[str, float] = defaultdict(float)
+        for phase, part, seconds in self.parts:
+            if phase in WINDOW:
+                sums[part] += seconds / len(rows)
+        if self.floor:
+            sums["floor"] = (sums["model_step"] + sums["inner_U"] + sums["outer_R"]
+                             + 2 * sums["eps_U"])
+        return {**out, **sums}
+
+
+def _timed(fn: Callable, part: str, probe: Probe | None = None) -> Callable:
+    """Time ``fn`` in the calling thread's CPU, booked to ``probe`` or the thread's probe."""
+    def wrapper(*args, **kwargs):
+        start = time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            (probe or _local.probe).add(part, time.thread_time() - start)
+    return wrapper
+
+
+#: (module, function, part) called by the trainer through module globals.
+_GLOBALS = (("mof.train.trainer", "model_level_step", "model_step"),
+            ("mof.train.trainer", "frame_level_update", "frame_step"),
+            ("mof.train.trainer", "draw_phase", "draw"),
+            ("mof.train.phases", "meta_gradient", "meta_grad"),
+            ("mof.train.phases", "frame_adam_step", "frame_adam"))
+
+
+def instrument(trainer, probe: Probe) -> Callable[[], None]:
+    """Wrap the trainer's own calls (instance attributes) with ``probe``'s timers.
+
+    Returns:
+        A function that removes the wrappers again.
+    """
+    epoch, phase = trainer.stream.epoch, trainer._phase
+
+    def timed_epoch(*args, **kwargs):
+        items = epoch(*args, **kwargs)
+        while True:
+            probe.begin()  # the phase starts with reading its batch
+            start = time.thread_time()
+            item = next(items, None)
+            probe.add("data", time.thread_time() - start)
+            if item is None:
+                return
+            yield item
+
+    def timed_phase(*args, **kwargs):
+        try:
+            return phase(*args, **kwargs)
+        finally:
+            probe.end()
+
+    trainer.stream.epoch, trainer._phase = timed_epoch, timed_phase
+    if trainer.io is not None:
+        for name in ("prefetch", "get", "write"):
+            setattr(trainer.io, name, _timed(getattr(trainer.io, name), "store_wait", probe))
+        trainer.journal.record = _timed(trainer.journal.record, "journal", probe)
+        for name in ("read", "write"):  # these run on the store's I/O threads
+            setattr(trainer.store, name, _timed(getattr(trainer.store, name), "store_bg", probe))
+    wrapped = [(trainer.stream, "epoch"), (trainer, "_phase"), (trainer.io, "prefetch"),
+               (trainer.io, "get"), (trainer.io, "write"), (trainer.journal, "record"),
+               (trainer.store, "read"), (trainer.store, "write")]
+    # The wrappers are instance attributes shadowing the methods: deleting them unwraps.
+    return lambda: [vars(obj).pop(name, None) for obj, name in wrapped if obj is not None]
+
+
+def default_mode() -> str:
+    from mof.train.config import TrainConfig
+
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "meta_grad")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One configuration: ``frames`` is ``U`` (baseline) or ``R:U`` (MOF)."""
+
+    frames: str
+    mode: str | None = None
+    every: int = 1
+
+    @property
+    def name(self) -> str:
+        if self.mode is None:
+            return f"baseline {self.frames}"
+        return f"MOF {self.frames} {self.mode}" + (f" every {self.every}" if self.every > 1 else "")
+
+
+def make_trainer(run: Run, shards: str, workdir: Path):
+    from mof.train.config import TrainConfig
+    from mof.train.trainer import Trainer
+
+    out = workdir / run.name.replace(" ", "_").replace(":", "x")
+    cfg = TrainConfig(model="frozen-tiny", train=shards, test=None, out=str(out),
+                      frames=run.frames, meta_grad=run.mode or default_mode(),
+                      frame_step_every=run.every, epochs=1, batch_size=BATCH, lr=1e-3,
+                      workers=0, shuffle_buffer=0, device="cpu", log_every=10**6)
+    trainer = Trainer(cfg, progress_bar=False)
+    trainer.setup()
+    return trainer
+
+
+def install_global_timers() -> Callable[[], None]:
+    import importlib
+
+    saved = [(importlib.import_module(m), name, part) for m, name, part in _GLOBALS]
+    saved = [(module, name, getattr(module, name), part) for module, name, part in saved]
+    for module, name, fn, part in saved:
+        setattr(module, name, _timed(fn, part))
+    return lambda: [setattr(module, name, fn) for module, name, fn, _ in saved]
+
+
+def rotate(trainers: dict[str, object]) -> dict[str, Probe]:
+    """Train every trainer's epoch, one phase at a time in turn; returns their probes."""
+    baton = Baton(list(trainers))
+    probes = {name: Probe(name, baton) for name in trainers}
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        _local.probe = probes[name]
+        try:
+            trainers[name].train()
+        except Exception as err:  # noqa: BLE001 (raised after the other threads finish)
+            errors.append(err)
+        finally:
+            baton.leave(name)
+
+    for name, trainer in trainers.items():
+        if trainer.cfg.mof and trainer.cfg.frame_step_every == 1:
+            probes[name].floor = floor_passes(trainer)
+    unwrap = [instrument(trainer, probes[name]) for name, trainer in trainers.items()]
+    threads = [threading.Thread(target=work, args=(name,), name=name) for name in trainers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for undo in unwrap:
+        undo()
+    if errors:
+        raise errors[0]
+    return probes
+
+
+def floor_passes(trainer) -> dict[str, Callable[[], object]]:
+    """The passes of the floor on one batch of ``trainer``'s data, as functions of its model:
+    an inner gradient on U, an outer forward-backward on R, an ε-gradient on U."""
+    import torch
+
+    from mof.bilevel import inner_gradient, make_loss_fn
+    from mof.loss import contrastive_loss
+    from mof.train.data import draw_phase
+
+    model, cfg = trainer.model, trainer.cfg
+    draw = draw_phase(next(trainer.stream.epoch(1)), model, seed=0, num_frames=cfg.num_frames,
+                      regular_frames=cfg.regular_frames, augment="none", crop_scale=1.0,
+                      device=trainer.device)
+    loss = make_loss_fn(model, draw.text["input_ids"], draw.text["attention_mask"],
+                        lambda logits: contrastive_loss(logits, model.loss_reduction))
+
+    def params() -> dict[str, torch.Tensor]:  # the model's current weights
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    def eps_grad() -> None:
+        eps = draw.frames_uniform.detach().requires_grad_(True)
+        torch.autograd.grad(loss(params(), eps), eps)
+
+    return {"inner_U": lambda: inner_gradient(loss, params(), draw.frames_uniform,
+                                              frames_grad=False),
+            "outer_R": lambda: inner_gradient(loss, params(), draw.frames_regular,
+                                              frames_grad=False),
+            "eps_U": eps_grad}
+
+
+def measure_memory(runs: list[Run], shards: str, workdir: Path) -> dict[str, float]:
+    """Peak MiB of a phase above the set-up trainer, one configuration at a time.
+
+    The process's first runs also grow it by one-time allocations (lazy initialisation,
+    kernels, imports), so one run of each kind goes first as a warm-up and is discarded.
+    """
+    warmup = [next(r for r in runs if r.mode == mode) for mode in (None, *MODES)
+              if any(r.mode == mode for r in runs)]
+    peaks = {}
+    for i, run in enumerate([*warmup, *runs]):
+        trainer = make_trainer(run, shards, workdir / f"memory{i}")
+        try:
+            probe = _local.probe = Probe(run.name)
+            instrument(trainer, probe)
+            trainer.cfg.max_steps = 4
+            trainer.train()
+            peaks[run.name] = max(p["peak_mib"] for p in probe.phases[1:])
+        finally:
+            trainer.cleanup()
+    return peaks
+
+
+def _frames(name: str) -> tuple[int, int]:
+    """(R, U) of a result name; a baseline on n frames is (n, n)."""
+    spec = name.split()[1]
+    return tuple(int(x) for x in spec.split(":")) if ":" in spec else (int(spec), int(spec))
+
+
+def report(results: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown tables: phase costs and ratios; where a MOF phase's time goes."""
+    base = {_frames(k)[0]: v for k, v in results.items() if k.startswith("baseline")}
+    lines = [("| phase | CPU ms | × baseline-U | × baseline-R | peak MiB | peak × baseline-U | "
+             "data % | store I/O % | × floor |"), "|---|---|---|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        if "every" in key:
+            continue
+        regular, used = _frames(key)
+        cpu = r["cpu"]
+        io = sum(r.get(k, 0.0) for k in ("store_wait", "journal", "store_bg"))
+        lines.append(
+            f"| {key} | {1e3 * cpu:.0f} | {cpu / base[used]['cpu']:.2f} | "
+            f"{cpu / base[regular]['cpu']:.2f} | {r['peak_mib']:.0f} | "
+            f"{r['peak_mib'] / base[used]['peak_mib']:.1f} | {100 * r['data'] / cpu:.1f} | "
+            f"{100 * io / (cpu + r.get('store_bg', 0.0)):.1f} | "
+            + (f"{cpu / r['floor']:.2f} |" if "floor" in r else "– |"))
+    lines += ["", "Where a MOF phase's CPU time goes (ms per phase):", "",
+              ("| R:U, mode | floor: model step U + inner U + outer R + 2 ε-grad U | phase (× "
+              "floor) | meta-gradient (its floor passes) | Adam on ε | rest of frame step | "
+              "draw | data | store wait | undo journal | other |"),
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for regular, used in PAIRS:
+        for mode in MODES:
+            r = results[f"MOF {regular}:{used} {mode}"]
+            ms = {k: 1e3 * v for k, v in r.items()}
+            passes = ms["inner_U"] + ms["outer_R"] + 2 * ms["eps_U"]
+            other = ms["cpu"] - sum(ms.get(k, 0.0) for k in (
+                "model_step", "frame_step", "draw", "data", "store_wait", "journal"))
+            lines.append(
+                f"| {regular}:{used} {mode} | {ms['model_step']:.0f} + {ms['inner_U']:.0f} + "
+                f"{ms['outer_R']:.0f} + {2 * ms['eps_U']:.0f} = {ms['floor']:.0f} | "
+                f"{ms['cpu']:.0f} ({r['cpu'] / r['floor']:.2f}×) | {ms['meta_grad']:.0f} "
+                f"({passes:.0f}) | {ms['frame_adam']:.0f} | "
+                f"{ms['frame_step'] - ms['meta_grad'] - ms['frame_adam']:.0f} | "
+                f"{ms['draw']:.0f} | {ms['data']:.0f} | {ms['store_wait']:.0f} | "
+                f"{ms['journal']:.0f} | {other:.0f} |")
+    return lines
+
+
+def schedule_table(results: dict[str, dict[str, float]], default: str) -> list[str]:
+    """MOF over a baseline on R frames with a frame step every k-th batch, and the k at which
+    the least-squares fit ``ratio(k) = a + b / k`` meets the paper's train-hour ratio."""
+    import numpy as np
+
+    ks = (1, *EVERY)
+    lines = ["| R:U | paper | " + " | ".join(f"k = {k}" for k in ks)
+             + " | fit a + b/k | k for the paper's ratio |", "|---|---|---|---|---|---|---|---|"]
+    for (regular, used), paper in PAPER.items():
+        baseline = results[f"baseline {regular}"]["cpu"]
+        names = [f"MOF {regular}:{used} {default}" + (f" every {k}" if k > 1 else "") for k in ks]
+        ratios = np.array([results[n]["cpu"] / baseline for n in names])
+        a, b = np.linalg.lstsq(np.stack([np.ones(len(ks)), 1 / np.array(ks)], 1), ratios,
+                               rcond=None)[0]
+        k = f"{b / (paper - a):.1f}" if paper > a else f"none (a = {a:.2f} > {paper:.2f})"
+        lines.append(f"| {regular}:{used} | {paper:.2f} | "
+                     + " | ".join(f"{r:.2f}" for r in ratios) + f" | {a:.2f} + {b:.2f}/k | {k} |")
+    return lines
+
+
+def peaks_in_subprocess(shards: str, runs: list[Run]) -> dict[str, float]:
+    """:func:`measure_memory` in a fresh process where glibc serves large blocks by ``mmap``
+    (so freed tensors leave the resident set). Not in this one: ``mmap`` per allocation would
+    add page faults to every timed pass."""
+    first = ",".join(sorted(str(p) for p in Path(shards).glob("*.tar"))[:2])
+    with tempfile.TemporaryDirectory(prefix="bench-train-mem-") as tmp:
+        out = Path(tmp) / "peaks.json"
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        subprocess.run([sys.executable, __file__, "--memory", first, "--json", str(out),
+                        *[f"{r.frames}/{r.mode or ''}" for r in runs]], env=env, check=True)
+        return json.loads(out.read_text())
+
+
+def _memory_main(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    runs = [Run(frames, mode or None) for frames, _, mode in (r.partition("/") for r in args.runs)]
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        args.json.write_text(json.dumps(measure_memory(runs, args.memory, Path(tmp))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) /
+                        "mof-bench-train", help="directory of the generated shards (reused)")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--memory", help=argparse.SUPPRESS)  # internal: the memory pass
+    parser.add_argument("runs", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory:
+        return _memory_main(args)
+    import torch
+
+    torch.set_num_threads(1)
+    default = default_mode()
+    videos = BATCH * (WINDOW.stop + 1)
+    shards = make_shards(args.cache, videos, max(r for r, _ in PAIRS))
+    runs = [Run(str(n)) for n in sorted({n for pair in PAIRS for n in pair})]
+    runs += [Run(f"{r}:{u}", mode) for r, u in PAIRS for mode in MODES]
+    runs += [Run(f"{r}:{u}", default, k) for r, u in PAPER for k in EVERY]
+    restore = install_global_timers()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+            trainers = {run.name: make_trainer(run, shards, Path(tmp)) for run in runs}
+            try:
+                results = {name: probe.summary() for name, probe in rotate(trainers).items()}
+            finally:
+                for trainer in trainers.values():
+                    trainer.cleanup()
+    finally:
+        restore()
+    for name, peak in peaks_in_subprocess(shards, [r for r in runs if r.every == 1]).items():
+        results[name]["peak_mib"] = peak
+    print(f"frozen-tiny, batch {BATCH}, 64 px, 1 CPU thread, torch {torch.__version__}; mean "
+          f"CPU ms over phases {WINDOW.start}-{WINDOW.stop - 1}; default mode: {default}\n")
+    print("\n".join(report(results)))
+    print("\nFrame step every k-th batch: MOF over a baseline on R frames:\n")
+    print("\n".join(schedule_table(results, default)))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
