@@ -21,7 +21,7 @@ over phases 1-10 (phase 0 is warm-up; 10 phases hold whole cycles of k = 2, 5, 1
   where glibc serves large blocks by ``mmap``: a phase's peak resident memory above the set-up
   trainer's.
 
-    .venv/bin/python benchmarks/bench_train.py [--json out.json]   # ~15 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_train.py [--augment none] [--json out.json]  # ~8 min
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ class Run:
         return f"MOF {self.frames} {self.mode}" + (f" every {self.every}" if self.every > 1 else "")
 
 
-def make_trainer(run: Run, shards: str, workdir: Path):
+def make_trainer(run: Run, shards: str, workdir: Path, augment: str | None = None):
     from mof.train.config import TrainConfig
     from mof.train.trainer import Trainer
 
@@ -235,7 +235,8 @@ def make_trainer(run: Run, shards: str, workdir: Path):
     cfg = TrainConfig(model="frozen-tiny", train=shards, test=None, out=str(out),
                       frames=run.frames, meta_grad=run.mode or default_mode(),
                       frame_step_every=run.every, epochs=1, batch_size=BATCH, lr=1e-3,
-                      workers=0, shuffle_buffer=0, device="cpu", log_every=10**6)
+                      workers=0, shuffle_buffer=0, device="cpu", log_every=10**6,
+                      **({} if augment is None else {"augment": augment}))
     trainer = Trainer(cfg, progress_bar=False)
     trainer.setup()
     return trainer
@@ -312,7 +313,8 @@ def floor_passes(trainer) -> dict[str, Callable[[], object]]:
             "eps_U": eps_grad}
 
 
-def measure_memory(runs: list[Run], shards: str, workdir: Path) -> dict[str, float]:
+def measure_memory(runs: list[Run], shards: str, workdir: Path, augment: str | None = None
+                   ) -> dict[str, float]:
     """Peak MiB of a phase above the set-up trainer, one configuration at a time.
 
     The process's first runs also grow it by one-time allocations (lazy initialisation,
@@ -322,7 +324,7 @@ def measure_memory(runs: list[Run], shards: str, workdir: Path) -> dict[str, flo
               if any(r.mode == mode for r in runs)]
     peaks = {}
     for i, run in enumerate([*warmup, *runs]):
-        trainer = make_trainer(run, shards, workdir / f"memory{i}")
+        trainer = make_trainer(run, shards, workdir / f"memory{i}", augment)
         try:
             probe = _local.probe = Probe(run.name)
             instrument(trainer, probe)
@@ -400,7 +402,7 @@ def schedule_table(results: dict[str, dict[str, float]], default: str) -> list[s
     return lines
 
 
-def peaks_in_subprocess(shards: str, runs: list[Run]) -> dict[str, float]:
+def peaks_in_subprocess(shards: str, runs: list[Run], augment: str | None) -> dict[str, float]:
     """:func:`measure_memory` in a fresh process where glibc serves large blocks by ``mmap``
     (so freed tensors leave the resident set). Not in this one: ``mmap`` per allocation would
     add page faults to every timed pass."""
@@ -408,7 +410,8 @@ def peaks_in_subprocess(shards: str, runs: list[Run]) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-train-mem-") as tmp:
         out = Path(tmp) / "peaks.json"
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-        subprocess.run([sys.executable, __file__, "--memory", first, "--json", str(out),
+        extra = ["--augment", augment] if augment else []
+        subprocess.run([sys.executable, __file__, "--memory", first, "--json", str(out), *extra,
                         *[f"{r.frames}/{r.mode or ''}" for r in runs]], env=env, check=True)
         return json.loads(out.read_text())
 
@@ -419,7 +422,8 @@ def _memory_main(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     runs = [Run(frames, mode or None) for frames, _, mode in (r.partition("/") for r in args.runs)]
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        args.json.write_text(json.dumps(measure_memory(runs, args.memory, Path(tmp))))
+        args.json.write_text(json.dumps(measure_memory(runs, args.memory, Path(tmp),
+                                                       args.augment)))
 
 
 def main() -> None:
@@ -427,6 +431,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) /
                         "mof-bench-train", help="directory of the generated shards (reused)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--augment", choices=("none", "crop", "crop-flip"),
+                        help="train-time augmentation [default: the trainer's]")
     parser.add_argument("--memory", help=argparse.SUPPRESS)  # internal: the memory pass
     parser.add_argument("runs", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -444,7 +450,8 @@ def main() -> None:
     restore = install_global_timers()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-            trainers = {run.name: make_trainer(run, shards, Path(tmp)) for run in runs}
+            trainers = {run.name: make_trainer(run, shards, Path(tmp), args.augment)
+                        for run in runs}
             try:
                 results = {name: probe.summary() for name, probe in rotate(trainers).items()}
             finally:
@@ -452,10 +459,12 @@ def main() -> None:
                     trainer.cleanup()
     finally:
         restore()
-    for name, peak in peaks_in_subprocess(shards, [r for r in runs if r.every == 1]).items():
+    every1 = [r for r in runs if r.every == 1]
+    for name, peak in peaks_in_subprocess(shards, every1, args.augment).items():
         results[name]["peak_mib"] = peak
     print(f"frozen-tiny, batch {BATCH}, 64 px, 1 CPU thread, torch {torch.__version__}; mean "
-          f"CPU ms over phases {WINDOW.start}-{WINDOW.stop - 1}; default mode: {default}\n")
+          f"CPU ms over phases {WINDOW.start}-{WINDOW.stop - 1}; default mode: {default}; "
+          f"augment: {args.augment or 'default'}\n")
     print("\n".join(report(results)))
     print("\nFrame step every k-th batch: MOF over a baseline on R frames:\n")
     print("\n".join(schedule_table(results, default)))
