@@ -1,26 +1,16 @@
-"""``mof-cli export-frames``: the learned frames of a MOF run as images, beside what they started from.
+"""``mof-cli export-frames``: a MOF run's learned frames as images, beside what they started from.
 
-For each chosen training video the exporter writes, under ``OUT/<video id>/``:
+For each chosen training video, under ``OUT/<video id>/``: ``regular/``, ``uniform/`` and
+``mof/`` PNGs (the R regular frames at the segment midpoints of the stored shard frames, the U
+uniform frames the store was initialised with, and the U learned frames de-normalised with the
+store's mean/std), ``grid.png`` (the paper's Fig. 7 rows "regular (R)", "uniform init (U)",
+"MOF (U)" and a caption), optionally ``mof.mp4`` and, for Frozen models, the first block's
+text-to-patch attention overlays (:mod:`mof.attention_overlay`). ``OUT/summary.json`` lists
+every file and ``OUT/index.html`` shows the grids; the README section has the details.
 
-- ``regular/NN.png``: the R regular frames, the stored shard frames at the segment midpoints
-  (training draws one frame at random inside each segment; all of them when R equals the stored
-  count), resized to the store's ``H x W`` exactly as the trainer prepares them;
-- ``uniform/NN.png``: the U uniform frames the store was initialised with (segment midpoints
-  of the stored frames, :func:`pipeline.sampling.uniform_subset`);
-- ``mof/NN.png``: the U learned frames, read from ``mof.zarr`` and de-normalised with the
-  store's mean/std (``pixel = clip(round(255 (x · std + mean)), 0, 255)``);
-- ``grid.png``: the paper's Fig. 7 layout, one labelled row each for "regular (R)", "uniform
-  init (U)" and "MOF (U)" (plus the attention rows with ``--attention``), wrapped at
-  ``columns`` frames, and a caption;
-- ``mof.mp4`` (``--mp4``): the MOF frames as H.264 at ``fps`` frames per second;
-- ``attention/{uniform,mof}_NN.png`` and ``attention.npz`` (``--attention``, Frozen models):
-  the first block's text-to-patch attention (:mod:`mof.attention_overlay` defines it) for the
-  video's first caption, computed with the run's latest checkpoint (``checkpoints/last``).
-
-``OUT/summary.json`` lists every file written, the grid's cell boxes, the store's phase and
-each video's Adam step count; ``OUT/index.html`` shows the grids. The store is opened
-read-only and no lock is taken, so a run that is still training can be exported: every chunk
-lands atomically, so a frame read while the trainer writes is the old or the new one, whole.
+The store is opened read-only and no lock is taken, so a run that is still training can be
+exported: each chunk (one video) lands by an atomic rename, so a frame read while the trainer
+writes is the old or the new one, whole.
 """
 
 from __future__ import annotations
@@ -337,7 +327,8 @@ def export_frames(config: ExportConfig) -> dict[str, Any]:
         KeyError: a requested id is neither a store id nor found in the shards.
         FileNotFoundError: the shards the store was initialised from are gone (pass
             ``shards``).
-        ValueError: a requested video was never initialised in the store.
+
+    Rows not initialised yet (a run still filling its store) are skipped with a note.
     """
     run, out = Path(config.run), Path(config.out)
     store = FrameStore.open(run / "mof.zarr", mode="r")  # read-only, no lock, no sweep
@@ -393,9 +384,11 @@ def _index_html(summary: dict[str, Any]) -> str:
         parts.append(f"<p><em>{html.escape(note)}</em></p>")
     for video in summary["videos"]:
         grid = Path(video["files"]["grid"]).relative_to(out).as_posix()
+        files = [(f"{name} {i}" if isinstance(paths, list) else name, p)
+                 for name, paths in video["files"].items() if name != "grid"
+                 for i, p in enumerate(paths if isinstance(paths, list) else [paths])]
         links = [f"<a href='{html.escape(Path(p).relative_to(out).as_posix())}'>"
-                 f"{html.escape(name)}</a>" for name, p in video["files"].items()
-                 if isinstance(p, str) and name != "grid"]
+                 f"{html.escape(label)}</a>" for label, p in files]
         parts.append(f"<h2>{html.escape(video['video_id'])}</h2>"
                      f"<p>{html.escape(video['caption'])}</p><img src='{html.escape(grid)}'>"
                      f"<p>{' '.join(links)}</p>")
