@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["InputContract", "RetrievalModel", "AttentionMode"]
+__all__ = ["AttentionMode", "InputContract", "RetrievalModel"]
 
 AttentionMode = Literal["math", "fused"]
 
