@@ -58,8 +58,11 @@ demo: $(STAMP)  ## the main job end to end on the embedded synthetic dataset
 	$(CLI) eval --checkpoint $(DEMO_DIR)/runs/mof --shards $(DEMO_DIR)/shards/test
 	$(CLI) export-frames --run $(DEMO_DIR)/runs/mof --num 4 --out $(DEMO_DIR)/frames --mp4 --attention
 
-bench: $(STAMP)  ## benchmarks (print tables)
-	$(PY) benchmarks/bench_shard.py
+bench: $(STAMP)  ## every benchmark, each printing its table (BENCH_ARGS=--quick for short runs)
+	$(PY) benchmarks/bench_shard.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_models.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_metrics.py
 
 # Table IV knobs: GRID (cells, e.g. 1,4,8:4), EPOCHS, JOBS, ROOT (dataset root, required unless
 # DATASET=synthetic), TABLE4_ARGS (any other `mof-cli reproduce table4` option).
