@@ -136,8 +136,8 @@ def test_aggregation_matches_hand_computed_values(micro):
         assert float(table[cell.frames]["test_s_mean"]) == pytest.approx(np.mean(test_s),
                                                                          rel=1e-5)
         assert table[cell.frames]["seeds"] == "2"
-    summaries = summarize(load_results(cfg), cfg.cells)
-    (comparison,) = compare(summaries)
+    results = load_results(cfg)
+    (comparison,) = compare(summarize(results, cfg.cells), results)
     base_r1 = [json.loads((cell_dir(cfg, Cell(1), s) / "metrics.json").read_text())
                ["metrics"]["t2v"]["R@1"] for s in (0, 1)]
     mof_r1 = [json.loads((cell_dir(cfg, Cell(1, 16), s) / "metrics.json").read_text())
@@ -145,6 +145,9 @@ def test_aggregation_matches_hand_computed_values(micro):
     assert comparison.delta == pytest.approx(statistics.mean(mof_r1) - statistics.mean(base_r1))
     assert comparison.spread == pytest.approx(
         math.hypot(statistics.stdev(mof_r1), statistics.stdev(base_r1)))
+    assert [s for s, _ in comparison.paired] == [0, 1]
+    assert [d for _, d in comparison.paired] == pytest.approx(
+        [m - b for m, b in zip(mof_r1, base_r1, strict=True)])
 
 
 def test_mean_std_verdicts():

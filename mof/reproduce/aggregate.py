@@ -101,6 +101,9 @@ class Comparison:
         metric: the metric compared. delta: MOF mean minus baseline mean.
         spread: ``sqrt(std_mof² + std_base²)``; NaN when a cell has one seed.
         verdict: ``gain``, ``loss``, ``within spread`` or ``no spread (one seed)``.
+        paired: ``(seed, MOF − baseline)`` for every seed both cells finished. Cells of one
+            seed share the initial weights and the batches, so these differences are free of
+            the seed-to-seed spread the verdict is judged against.
     """
 
     cell: Cell
@@ -110,6 +113,7 @@ class Comparison:
     delta: float
     spread: float
     verdict: str
+    paired: list[tuple[int, float]] = field(default_factory=list)
 
 
 def _read_curve(path: Path) -> list[dict[str, float]]:
@@ -166,13 +170,18 @@ def _verdict(delta: float, spread: float, higher_is_better: bool) -> str:
     return "within spread"
 
 
-def compare(summaries: list[CellSummary], metric: str = "R@1") -> list[Comparison]:
+def compare(summaries: list[CellSummary], results: list[SeedResult] | None = None,
+            metric: str = "R@1") -> list[Comparison]:
     """Each MOF cell against its equal-test-cost baseline (same U) and, where the grid has
     it, against the baseline on all R frames (what MOF tries to compress into U).
 
-    For ``MedR``/``MeanR`` a negative delta is the improvement.
+    Args:
+        summaries: from :func:`summarize`.
+        results: the per-seed results, for the paired differences (optional).
+        metric: a ``METRICS`` key; for ``MedR``/``MeanR`` a negative delta is the improvement.
     """
     by_cell = {s.cell: s for s in summaries}
+    values = {(r.cell, r.seed): r.metrics[metric] for r in results or []}
     higher = metric not in ("MedR", "MeanR")
     comparisons = []
     for summary in summaries:
@@ -185,8 +194,11 @@ def compare(summaries: list[CellSummary], metric: str = "R@1") -> list[Compariso
             a, b = summary.metrics[metric], by_cell[base].metrics[metric]
             delta = a.mean - b.mean
             spread = math.sqrt(a.std**2 + b.std**2)
+            paired = [(seed, values[summary.cell, seed] - values[base, seed])
+                      for seed in summary.seeds if (base, seed) in values
+                      and (summary.cell, seed) in values]
             comparisons.append(Comparison(summary.cell, base, kind, metric, delta, spread,
-                                          _verdict(delta, spread, higher)))
+                                          _verdict(delta, spread, higher), paired))
     return comparisons
 
 

@@ -80,7 +80,7 @@ def write_report(cfg: Table4Config) -> list[str]:
     if not results:
         return []
     summaries = summarize(results, cfg.cells)
-    comparisons = compare(summaries)
+    comparisons = compare(summaries, results)
     paper_name, paper = paper_rows(cfg.dataset)
     out = Path(cfg.results)
     out.mkdir(parents=True, exist_ok=True)

@@ -101,8 +101,11 @@ def verdict_lines(comparisons: list[Comparison]) -> list[str]:
     lines = []
     for c in comparisons:
         spread = "n/a" if math.isnan(c.spread) else f"{c.spread:.1f}"
+        paired = ""
+        if len(c.paired) > 1:
+            paired = "; per seed " + ", ".join(f"{d:+.1f}" for _, d in c.paired)
         lines.append(f"- MOF {c.cell.label} vs baseline {c.against.label} ({c.kind}): "
-                     f"Δ{c.metric} = {c.delta:+.1f}, spread {spread}: **{c.verdict}**")
+                     f"Δ{c.metric} = {c.delta:+.1f}, spread {spread}: **{c.verdict}**{paired}")
     return lines
 
 
@@ -194,7 +197,7 @@ def summary_json(summaries: list[CellSummary], comparisons: list[Comparison],
               "test_s": [s.test_s.mean, _or_none(s.test_s.std)]} for s in summaries]
     verdicts = [{"frames": c.cell.frames, "against": c.against.frames, "kind": c.kind,
                  "metric": c.metric, "delta": c.delta, "spread": _or_none(c.spread),
-                 "verdict": c.verdict} for c in comparisons]
+                 "verdict": c.verdict, "paired": c.paired} for c in comparisons]
     data = {"config": config, "info": info, "cells": cells, "comparisons": verdicts}
     return json.dumps(data, indent=2) + "\n"
 
