@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,8 @@ from mof.reproduce.config import Table4Config
 from mof.reproduce.grid import Cell
 from mof.reproduce.runner import cell_dir
 
-__all__ = ["diagnose", "frame_drift", "meta_gradient_probe", "more_frames_at_training"]
+__all__ = ["collapsed_runs", "diagnose", "frame_drift", "meta_gradient_probe",
+           "more_frames_at_training"]
 
 _BETAS = (8e-4, 1e-2, 5e-2)
 
@@ -162,9 +165,39 @@ def more_frames_at_training(cfg: Table4Config, shards: str) -> list[dict[str, An
     return rows
 
 
+def collapsed_runs(cfg: Table4Config) -> list[dict[str, Any]]:
+    """Final training loss of every finished run against 2·ln(B), the loss of a model whose
+    embeddings are all alike (the state a randomly initialised model starts in)."""
+    rows = []
+    chance = 2 * math.log(cfg.batch_size)
+    for cell in cfg.cells:
+        for seed in cfg.seed_list():
+            where = cell_dir(cfg, cell, seed)
+            if not (where / "cell.json").is_file():
+                continue
+            with open(where / "run" / "metrics.csv", newline="") as fh:
+                last = list(csv.DictReader(fh))[-1]
+            r1 = json.loads((where / "metrics.json").read_text())["metrics"]["t2v"]["R@1"]
+            loss = float(last["train_loss"])
+            rows.append({"cell": cell, "seed": seed, "loss": loss, "r1": r1,
+                         "collapsed": loss > chance - 0.05})
+    return rows
+
+
 def diagnose(cfg: Table4Config, shards_test: str) -> str:
     """Every measurement above on the finished cells of ``cfg``, as markdown."""
-    lines = ["# Table IV diagnosis", ""]
+    title = ("## Runs that never left the collapsed start (last-epoch training loss within "
+             f"0.05 of 2·ln(B) = {2 * math.log(cfg.batch_size):.3f})")
+    lines = ["# Table IV diagnosis", "", title, "",
+             "| cell | " + " | ".join(f"seed {s}" for s in cfg.seed_list()) + " |",
+             "|---|" + "---|" * cfg.seeds]
+    runs = collapsed_runs(cfg)
+    for cell in cfg.cells:
+        mine = {r["seed"]: r for r in runs if r["cell"] == cell}
+        cells = [(f"{'**collapsed** ' if mine[s]['collapsed'] else ''}loss {mine[s]['loss']:.3f}"
+                  f", R@1 {mine[s]['r1']:.2f}") if s in mine else "–" for s in cfg.seed_list()]
+        lines.append(f"| {cell.label} | " + " | ".join(cells) + " |")
+    lines.append("")
     header = ("| cell | seed | Adam steps/video | β | bound β·steps | mean abs Δ | max abs Δ | "
               "mean Δ (8-bit levels) |")
     lines += ["## Learned frames: distance from their start", "", header,
