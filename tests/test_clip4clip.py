@@ -17,13 +17,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPTokenizer
 
 from mof.models import create_model
 from mof.models.clip4clip import Clip4ClipConfig, load_clip4clip_checkpoint
 from mof.models.clip_convert import hf_to_openai
 from mof.models.io import load_model, save_model
 from mof.models.tokenizer import WordTokenizer
+from tests.tokenizer_dirs import clip_tokenizer
 
 CAPTIONS = ["a man is cooking pasta in a kitchen", "a dog runs across the park",
             "two people are dancing on a stage"]
@@ -197,23 +197,10 @@ def test_file_written_by_the_inverse_map_loads(tmp_path):
                                    atol=2e-3, rtol=2e-3)
 
 
-def _clip_tokenizer() -> CLIPTokenizer:
-    """A CLIP BPE tokenizer with a toy vocabulary (letters, a few words, the two specials)."""
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {c: i for i, c in enumerate(letters)}
-    vocab.update({c + "</w>": len(vocab) + i for i, c in enumerate(letters)})
-    for word in ("do", "dog</w>", "ca", "cat</w>"):
-        vocab[word] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)  # the largest id, as in CLIP
-    merges = [("d", "o"), ("do", "g</w>"), ("c", "a"), ("ca", "t</w>")]
-    return CLIPTokenizer(vocab=vocab, merges=merges)
-
-
 def test_transformers_clip_directory_full_size(full, tmp_path):
     _, _, _, model = full
     model.clip.save_pretrained(tmp_path / "clip")
-    _clip_tokenizer().save_pretrained(tmp_path / "clip")
+    clip_tokenizer().save_pretrained(tmp_path / "clip")
     loaded = create_model("clip4clip", clip_dir=str(tmp_path / "clip")).eval()
     assert loaded.contract.tokenizer == "clip" and loaded.attention == "math"
     assert model.spec["vision"].items() <= loaded.spec["vision"].items()
@@ -241,7 +228,7 @@ def test_spec_from_clip_directory_round_trips(tmp_path):
     torch.manual_seed(0)
     source = create_model("clip4clip", **small)
     source.clip.save_pretrained(tmp_path / "clip")
-    _clip_tokenizer().save_pretrained(tmp_path / "tok")
+    clip_tokenizer().save_pretrained(tmp_path / "tok")
     model = create_model("clip4clip", clip_dir=str(tmp_path / "clip"),
                          tokenizer_dir=str(tmp_path / "tok"), max_frames=4, max_words=16).eval()
     assert model.spec["text"]["hidden_size"] == 64 and "clip_dir" not in model.spec

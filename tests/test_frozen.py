@@ -27,6 +27,7 @@ from mof.models.convert import (
 from mof.models.frozen import FrozenConfig
 from mof.models.io import PickleStub
 from mof.models.space_time import SpaceTimeTransformer
+from tests.tokenizer_dirs import distilbert_tokenizer
 
 
 # --------------------------------------------------------------------------- reference forward
@@ -401,12 +402,9 @@ WORDS = ["a", "man", "is", "cooking", "dog", "runs", "the", "park", "##s", "in"]
 
 
 def test_distilbert_from_local_directory(tmp_path):
-    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizerFast
+    from transformers import DistilBertConfig, DistilBertModel
 
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    # transformers 5 reads a WordPiece vocab file from ``vocab=``; ``vocab_file=`` is ignored.
-    tokenizer = DistilBertTokenizerFast(vocab=str(vocab))
+    tokenizer = distilbert_tokenizer(tmp_path / "vocab.txt", WORDS)
     torch.manual_seed(0)
     bert = DistilBertModel(DistilBertConfig()).eval()
     text_dir = tmp_path / "distilbert"

@@ -1,4 +1,8 @@
-"""The contract every registered ``*-tiny`` model keeps (timm-style registry-wide tests)."""
+"""The contract every registered model keeps (timm-style registry-wide tests).
+
+``*-tiny`` models run by default; the full-size ones (random init, a toy tokenizer directory,
+small inputs) are marked ``slow``.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from torch.func import functional_call
 from mof.models import create_model, list_models
 from mof.models.io import load_model, save_model
 from mof.models.tokenizer import WordTokenizer
+from tests.tokenizer_dirs import clip_tokenizer, distilbert_tokenizer
 
 TINY = list_models("*-tiny")
+FULL = sorted(set(list_models()) - set(TINY))
 CAPTIONS = ["a man is cooking pasta in a kitchen", "a dog runs across the park",
             "two people are dancing on a stage", "a car drives along a wet road"]
 
@@ -25,14 +31,43 @@ def _loss(model, logits: torch.Tensor) -> torch.Tensor:
     return pair if model.loss_reduction == "sum" else pair / 2
 
 
-@pytest.fixture(params=TINY)
+
+@pytest.fixture(scope="session")
+def tokenizer_dirs(tmp_path_factory) -> dict[str, str]:
+    """Toy tokenizer directories of the full-size models, by contract tokenizer kind."""
+    root = tmp_path_factory.mktemp("tokenizers")
+    words = sorted({w for caption in CAPTIONS for w in caption.split()})
+    distilbert_tokenizer(root / "vocab.txt", words).save_pretrained(root / "distilbert")
+    clip_tokenizer().save_pretrained(root / "clip")
+    return {"distilbert": str(root / "distilbert"), "clip": str(root / "clip")}
+
+
+def _is_tiny(model) -> bool:
+    return model.spec["name"].endswith("-tiny")
+
+
+def _tokenizer_args(model) -> dict:
+    if _is_tiny(model):
+        return {"tokenizer": model.tokenizer}
+    return {"tokenizer_dir": model.sources["tokenizer_dir"]}
+
+
+@pytest.fixture(params=TINY + [pytest.param(name, marks=pytest.mark.slow) for name in FULL])
 def model(request):
     torch.manual_seed(0)
-    tok = WordTokenizer.build(CAPTIONS, max_words=12)
-    return create_model(request.param, tokenizer=tok).eval()
+    if request.param in TINY:
+        tok = WordTokenizer.build(CAPTIONS, max_words=12)
+        return create_model(request.param, tokenizer=tok).eval()
+    kind = "clip" if request.param.startswith("clip4clip") else "distilbert"
+    tok_dir = request.getfixturevalue("tokenizer_dirs")[kind]
+    return create_model(request.param, tokenizer_dir=tok_dir).eval()
 
 
-def _batch(model, batch: int = 3, frames: int = 4, seed: int = 1):
+def _batch(model, batch: int | None = None, frames: int | None = None, seed: int = 1):
+    """Random frames and tokenized captions; full-size models get 2 videos of 2 frames."""
+    tiny = _is_tiny(model)
+    batch = batch if batch is not None else (3 if tiny else 2)
+    frames = frames if frames is not None else (4 if tiny else 2)
     gen = torch.Generator().manual_seed(seed)
     size = model.contract.frame_size
     video = torch.randn(batch, frames, 3, size, size, generator=gen)
@@ -46,21 +81,22 @@ def test_registry_has_tiny_models():
 
 def test_shapes_and_finite(model):
     video, ids, mask = _batch(model)
-    assert ids.dtype == torch.long and ids.shape == mask.shape and ids.shape[0] == 3
+    n = video.shape[0]
+    assert ids.dtype == torch.long and ids.shape == mask.shape and ids.shape[0] == n
     assert ids.shape[1] <= model.contract.max_words
     v, t = model.encode_video(video), model.encode_text(ids, mask)
-    assert v.shape[0] == 3 and t.shape[0] == 3 and v.shape[1] == t.shape[1]
+    assert v.shape[0] == n and t.shape[0] == n and v.shape[1] == t.shape[1]
     logits = model(video, ids, mask)
-    assert logits.shape == (3, 3)
+    assert logits.shape == (n, n)
     assert torch.isfinite(logits).all()
     sim = model.similarity(t, v)
-    assert sim.shape == (3, 3) and sim.abs().max() <= 1 + 1e-5
+    assert sim.shape == (n, n) and sim.abs().max() <= 1 + 1e-5
     assert model.loss_reduction in ("sum", "mean")
 
 
 def test_spec_rebuilds_same_architecture(model):
     spec = json.loads(json.dumps(model.spec))
-    rebuilt = create_model(**spec, tokenizer=model.tokenizer)
+    rebuilt = create_model(**spec, **_tokenizer_args(model))
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
     assert rebuilt.contract == model.contract
