@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-__all__ = ["VideoAugment", "apply_augment", "draw_augment"]
+__all__ = ["VideoAugment", "apply_augment", "augment_matrices", "draw_augment"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +60,61 @@ def draw_augment(
     return VideoAugment(boxes=boxes.reshape(batch, 4), flips=flips)
 
 
+def _axis_weights(start: int, stop: int, size: int) -> np.ndarray:
+    """The ``(size, size)`` matrix that crops ``[start, stop)`` of an axis and resizes it back.
+
+    Row ``o`` holds the weights of ``F.interpolate(mode="bilinear", align_corners=False)``
+    (PyTorch's rule: source ``(o + 0.5)·n/size − 0.5`` clamped at 0, its floor and the next
+    index, the last index repeated at the edge), shifted by ``start``; the columns outside the
+    crop stay zero. A crop of the full axis gives the identity.
+    """
+    n = stop - start
+    out = np.zeros((size, size), dtype=np.float64)
+    if n == size:
+        out[:, start:stop] = np.eye(size)
+        return out
+    src = np.maximum((np.arange(size) + 0.5) * (n / size) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    w1 = np.clip(src - i0, 0.0, 1.0)
+    rows = np.arange(size)
+    np.add.at(out, (rows, start + i0), 1.0 - w1)
+    np.add.at(out, (rows, start + i1), w1)
+    return out
+
+
+def augment_matrices(aug: VideoAugment, height: int, width: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The separable linear maps of a batch's crops (and flips).
+
+    Args:
+        aug: the batch's draw.
+        height, width: H and W of the frames in pixels.
+
+    Returns:
+        ``(rows, cols)``: float64 ``(B, H, H)`` and ``(B, W, W)`` with
+        ``crop_resize(x) = rows[i] @ x @ cols[i].T`` for every ``(H, W)`` channel of video i;
+        a flip reverses the rows of ``cols[i]``.
+    """
+    rows, cols = [], []
+    for (top, left, bh, bw), flip in zip(aug.boxes, aug.flips, strict=True):
+        # The pixel box of the fractional one: rounded, at least one pixel, inside the frame.
+        y0, x0 = min(round(top * height), height - 1), min(round(left * width), width - 1)
+        y1 = min(max(y0 + 1, round((top + bh) * height)), height)
+        x1 = min(max(x0 + 1, round((left + bw) * width)), width)
+        rows.append(_axis_weights(y0, y1, height))
+        col = _axis_weights(x0, x1, width)
+        cols.append(col[::-1] if flip else col)
+    return np.stack(rows), np.stack(cols)
+
+
 def apply_augment(video: torch.Tensor, aug: VideoAugment | None) -> torch.Tensor:
-    """Crop each video's box from every frame and resize back to the frame size.
+    """Crop each video's box from every frame and resize it back to the frame size (bilinear).
+
+    Computed as ``rows @ frame @ colsᵀ`` with the per-video matrices of
+    :func:`augment_matrices`: two batched matrix products forward and two backward (a
+    per-video ``F.interpolate`` has a slow CPU backward), equal to cropping and
+    ``F.interpolate(mode="bilinear", align_corners=False)`` to float rounding.
 
     Args:
         video: ``(B, T, 3, H, W)`` float frames (normalised model input).
@@ -76,15 +128,14 @@ def apply_augment(video: torch.Tensor, aug: VideoAugment | None) -> torch.Tensor
     b, h, w = video.shape[0], video.shape[-2], video.shape[-1]
     if len(aug.boxes) != b:
         raise ValueError(f"augmentation drawn for {len(aug.boxes)} videos, batch has {b}")
-    out = []
-    for i in range(b):
-        top, left, bh, bw = aug.boxes[i]
-        y0, x0 = round(top * h), round(left * w)
-        y1, x1 = max(y0 + 1, round((top + bh) * h)), max(x0 + 1, round((left + bw) * w))
-        crop = video[i, :, :, y0:min(y1, h), x0:min(x1, w)]
-        if crop.shape[-2:] != (h, w):
-            crop = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
-        if aug.flips[i]:
-            crop = crop.flip(-1)
-        out.append(crop)
-    return torch.stack(out)
+    t, c = video.shape[1], video.shape[2]
+    rows, cols = augment_matrices(aug, h, w)
+    rows_t = torch.from_numpy(rows).to(video.device, video.dtype)  # (B, H, H)
+    cols_t = torch.from_numpy(np.ascontiguousarray(cols.transpose(0, 2, 1))).to(
+        video.device, video.dtype)  # (B, W, W), transposed
+    # Columns first on (B, T·3·H, W), then rows on (B, H, T·3·W): two plain bmm, no
+    # broadcast copies of the matrices (measured 1.3-1.6x faster than broadcast matmul).
+    x = torch.bmm(video.reshape(b, t * c * h, w), cols_t)
+    x = x.reshape(b, t * c, h, w).transpose(1, 2).reshape(b, h, t * c * w)
+    x = torch.bmm(rows_t, x).reshape(b, h, t * c, w).transpose(1, 2)
+    return x.reshape(b, t, c, h, w)
