@@ -111,10 +111,11 @@ def test_mof_end_to_end_updates_every_row_once(train_data, tmp_path):
     assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("meta_grad", ["exact", "finite-diff"])
+@pytest.mark.parametrize("meta_grad", ["exact", "finite-diff", "finite-diff/forward"])
 def test_one_phase_changes_exactly_the_rows_of_its_batch(train_data, tmp_path, meta_grad):
-    trainer = Trainer(tiny_config(train_data, tmp_path / "run", meta_grad=meta_grad),
-                      progress_bar=False)
+    meta_grad, _, scheme = meta_grad.partition("/")
+    trainer = Trainer(tiny_config(train_data, tmp_path / "run", meta_grad=meta_grad,
+                                  fd_scheme=scheme or "central"), progress_bar=False)
     try:
         trainer.setup()
         _, before = read_store(tmp_path / "run")

@@ -37,6 +37,10 @@ _OPTIONS = [
     _opt("--meta-grad", type=click.Choice(["exact", "finite-diff", "first-order"]),
          help="Meta-gradient: exact double backward, finite-diff, or first-order (ablation)."),
     _opt("--fd-step", type=float, help="finite-diff step as ||xi v||."),
+    _opt("--fd-scheme", type=click.Choice(["central", "forward"]),
+         help="finite-diff difference: central (two eps-gradients) or forward (reuses the "
+              "model step's pass; the frame step then starts from the model before that "
+              "step, an approximation of Algorithm 1)."),
     _opt("--frame-schedule", type=click.Choice(["phase", "epoch"]),
          help="phase: Algorithm 1, a frame step after each model step; epoch: the authors' "
               "per-epoch frame pass with the model fixed."),

@@ -33,6 +33,7 @@ RESUME_OVERRIDABLE = frozenset(
 )
 
 _META_GRAD = ("exact", "finite-diff", "first-order")
+_FD_SCHEMES = ("central", "forward")
 _SCHEDULES = ("phase", "epoch")
 _AUGMENT = ("none", "crop", "crop-flip")
 _DEVICES = ("auto", "cpu", "cuda")
@@ -76,6 +77,10 @@ class TrainConfig:
             difference along v, no double backward) or ``first-order`` (ablation only: its
             direction is unrelated to the meta-gradient).
         fd_step: ``finite-diff`` step as ‖ξv‖ (relative to ‖v‖).
+        fd_scheme: ``finite-diff`` difference: ``central`` (two ε-gradients, Algorithm 1 to
+            the difference's accuracy) or ``forward`` (shares the model-level pass: one
+            ε-gradient, but the frame-level step starts from Θ before the model-level update,
+            an approximation of Algorithm 1; see ``docs/bilevel.md``).
         frame_schedule: ``phase`` (Algorithm 1: a frame-level step after every model-level
             step) or ``epoch`` (a second pass per epoch with Θ fixed, inner α = 1).
         frame_step_every: with ``phase``, the frame-level step runs on every k-th batch only.
@@ -126,6 +131,7 @@ class TrainConfig:
     frames: str = "8"
     meta_grad: str = "exact"
     fd_step: float = 1e-3
+    fd_scheme: str = "central"
     frame_schedule: str = "phase"
     frame_step_every: int = 1
     epochs: int = 10
@@ -176,7 +182,8 @@ class TrainConfig:
                 p.append(f"--frames {self.frames}: R must be >= U")
         except ValueError as err:
             p.append(str(err))
-        for name, allowed in (("meta_grad", _META_GRAD), ("frame_schedule", _SCHEDULES),
+        for name, allowed in (("meta_grad", _META_GRAD), ("fd_scheme", _FD_SCHEMES),
+                              ("frame_schedule", _SCHEDULES),
                               ("augment", _AUGMENT), ("device", _DEVICES),
                               ("store_dtype", _STORE_DTYPES), ("lr_schedule", _LR_SCHEDULES)):
             if getattr(self, name) not in allowed:

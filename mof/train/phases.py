@@ -1,7 +1,9 @@
 """The two steps of one MOF phase as functions of tensors (no I/O; the trainer sequences them).
 
 * :func:`model_level_step` — Eq. 7: an AdamW step on Θ with the contrastive loss of the batch's
-  (augmented) learnable frames ε_B, or of its uniform frames for the baseline.
+  (augmented) learnable frames ε_B, or of its uniform frames for the baseline. It can keep Θ
+  before the step and the pass's gradients (:class:`SharedPass`) for the forward-difference
+  frame step.
 * :func:`frame_level_update` — Eqs. 10-11: from the updated Θ, the meta-gradient of the
   regular-frame loss after a temporary SGD step on ε_B (:func:`mof.bilevel.meta_gradient`),
   pulled back through the augmentation, then the per-video Adam step on ε_B
@@ -9,16 +11,28 @@
 
 Both steps of a phase run their passes under the same torch seed (dropout), with the same
 captions and crops.
+
+``finite-diff`` with ``fd_scheme="forward"`` reuses the model-level pass: the frame-level step
+then starts from Θ *before* the model-level update (an approximation of Algorithm 1, see
+``docs/bilevel.md``), and its inner gradients ∇_Θ and ∇_ε are that pass's, so the frame-level
+step adds only the outer pass on R frames and one ε-gradient on U frames.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from mof.bilevel import frame_adam_step, make_loss_fn, meta_gradient, rng_scope
+from mof.bilevel import (
+    InnerGrad,
+    frame_adam_step,
+    make_loss_fn,
+    meta_gradient,
+    rng_scope,
+)
 from mof.loss import contrastive_loss
 from mof.models.base import RetrievalModel
 from mof.train.augment import VideoAugment, apply_augment
@@ -27,6 +41,7 @@ from mof.train.distributed import all_gather_with_grad
 __all__ = [
     "FrameState",
     "GlobalContrastive",
+    "SharedPass",
     "frame_level_update",
     "model_level_step",
 ]
@@ -67,6 +82,22 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+@dataclass
+class SharedPass:
+    """The model-level pass of a phase, kept for a forward-difference frame-level step.
+
+    Attributes:
+        params: Θ before the AdamW step (copies), name → tensor.
+        inner: ∇_Θ and ∇_ε (ε after the crop) of the local batch loss at ``params``, from the
+            pass's own backward; ``None`` when that pass cannot stand in for the local fp32
+            inner pass (several processes: its Θ-gradient is the global batch's; bf16
+            autocast: differences need fp32), and the frame-level step computes it itself.
+    """
+
+    params: dict[str, torch.Tensor]
+    inner: InnerGrad | None
+
+
 def model_level_step(
     step_module: nn.Module,
     model: RetrievalModel,
@@ -77,7 +108,8 @@ def model_level_step(
     *,
     seed: int,
     amp: bool,
-) -> float:
+    keep: Literal["params", "grads"] | None = None,
+) -> tuple[float, SharedPass | None]:
     """One AdamW step of Θ on the batch (Eq. 7).
 
     Args:
@@ -89,21 +121,35 @@ def model_level_step(
         augment: the phase's crops.
         seed: the phase's torch seed.
         amp: bf16 autocast (CUDA only).
+        keep: ``params``: also return Θ before the step; ``grads``: and the pass's gradients
+            with respect to Θ and the cropped frames (for a single process in fp32 only).
 
     Returns:
-        The loss before the step.
+        The loss before the step, and the :class:`SharedPass` asked for by ``keep``.
     """
     device = frames.device
     optimizer.zero_grad(set_to_none=True)
+    video = apply_augment(frames.detach(), augment)
+    if keep == "grads":  # the backward to the input costs little next to the weights'
+        video = video.detach().requires_grad_(True)
     with rng_scope(seed, device), _autocast(device, amp):
-        loss = step_module(apply_augment(frames.detach(), augment), text["input_ids"],
-                           text["attention_mask"])
+        loss = step_module(video, text["input_ids"], text["attention_mask"])
     loss.backward()
+    shared = None
+    if keep is not None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        inner = None
+        if keep == "grads":
+            # AdamW reads .grad without writing it, and the next zero_grad drops the
+            # reference, so the gradients need no copy.
+            inner = InnerGrad({n: torch.zeros_like(p) if p.grad is None else p.grad.detach()
+                               for n, p in named}, video.grad, loss.detach())
+        shared = SharedPass({n: p.detach().clone() for n, p in named}, inner)
     optimizer.step()
     clamp = getattr(model, "clamp_logit_scale", None)
     if callable(clamp):
         clamp()
-    return float(loss.detach())
+    return float(loss.detach()), shared
 
 
 @dataclass
@@ -132,6 +178,8 @@ def frame_level_update(
     alpha: float,
     mode: str,
     fd_step: float,
+    fd_scheme: str = "central",
+    shared: SharedPass | None = None,
     lr: float,
     betas: tuple[float, float],
     seed: int,
@@ -148,6 +196,9 @@ def frame_level_update(
         alpha: learning rate of the temporary SGD step.
         mode: ``exact``, ``finite-diff`` or ``first-order``.
         fd_step: relative step of ``finite-diff``.
+        fd_scheme: ``central`` or ``forward`` difference of ``finite-diff``.
+        shared: the model-level pass (``finite-diff``, ``forward``): the step then starts from
+            its Θ (before the model-level update) and reuses its gradients when it has them.
         lr, betas: the frames' Adam.
         seed: the phase's torch seed (dropout of every pass).
         amp: bf16 autocast for the ``exact`` mode on CUDA (difference estimators stay fp32).
@@ -156,7 +207,11 @@ def frame_level_update(
         The updated :class:`FrameState` and statistics (losses, gradient norm).
     """
     device = state.frames.device
-    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    if shared is not None and not (mode == "finite-diff" and fd_scheme == "forward"):
+        raise ValueError("a shared model-level pass is for mode='finite-diff' with "
+                         f"fd_scheme='forward', got mode={mode!r}, fd_scheme={fd_scheme!r}")
+    params = (shared.params if shared is not None else
+              {n: p.detach() for n, p in model.named_parameters() if p.requires_grad})
     base_loss = make_loss_fn(model, text["input_ids"], text["attention_mask"],
                              lambda logits: contrastive_loss(logits, model.loss_reduction))
     use_amp = amp and mode == "exact"  # difference estimators need fp32 passes
@@ -169,7 +224,8 @@ def frame_level_update(
     frames_u = apply_augment(eps, augment)
     frames_r = apply_augment(regular, augment).detach()
     result = meta_gradient(loss_fn, params, frames_u.detach(), frames_r, alpha, mode=mode,
-                           fd_step=fd_step, seed=seed)
+                           fd_step=fd_step, fd_scheme=fd_scheme, seed=seed,
+                           shared_inner_grad=None if shared is None else shared.inner)
     grad = result.grad
     if augment is not None:  # pull the gradient back through the crop to ε itself
         (grad,) = torch.autograd.grad(frames_u, eps, grad)

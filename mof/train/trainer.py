@@ -43,6 +43,7 @@ from mof.train.model_setup import (
 from mof.train.phases import (
     FrameState,
     GlobalContrastive,
+    SharedPass,
     frame_level_update,
     model_level_step,
 )
@@ -269,14 +270,19 @@ class Trainer:
             need_uniform=not cfg.mof)
         frames = (torch.from_numpy(state.frames).to(self.device) if cfg.mof
                   else draw.frames_uniform)
+        keep = None
+        if frame_step and cfg.meta_grad == "finite-diff" and cfg.fd_scheme == "forward":
+            # The pass's own gradients serve only a single process in fp32 (SharedPass).
+            keep = "grads" if self.dist.world_size == 1 and not self.amp else "params"
         self.model.train()
-        loss = model_level_step(self.step_module, self.model, self.optimizer, frames, draw.text,
-                                draw.augment, seed=draw.torch_seed, amp=self.amp)
+        loss, shared = model_level_step(
+            self.step_module, self.model, self.optimizer, frames, draw.text, draw.augment,
+            seed=draw.torch_seed, amp=self.amp, keep=keep)
         self.scheduler.step()
         p.loss_sum, p.loss_count = p.loss_sum + loss, p.loss_count + 1
         stats = {"loss": loss}
         if frame_step:
-            stats.update(self._frame_update(batch, state, draw, lr=cfg.frame_lr))
+            stats.update(self._frame_update(batch, state, draw, lr=cfg.frame_lr, shared=shared))
         return stats
 
     def _frame_batch(self, batch: RawBatch, state: FrameRows) -> dict[str, float]:
@@ -290,8 +296,8 @@ class Trainer:
         self.model.eval()
         return self._frame_update(batch, state, draw, lr=frame_lr_at(cfg, p.frame_epochs))
 
-    def _frame_update(self, batch: RawBatch, state: FrameRows, draw, lr: float
-                      ) -> dict[str, float]:
+    def _frame_update(self, batch: RawBatch, state: FrameRows, draw, lr: float,
+                      shared: SharedPass | None = None) -> dict[str, float]:
         cfg, p = self.cfg, self.progress
         dev = self.device
         current = FrameState(*(torch.from_numpy(getattr(state, n)).to(dev)
@@ -301,7 +307,8 @@ class Trainer:
         try:
             new, stats = frame_level_update(
                 self.model, current, draw.frames_regular, draw.text, draw.augment,
-                alpha=cfg.alpha, mode=cfg.meta_grad, fd_step=cfg.fd_step, lr=lr,
+                alpha=cfg.alpha, mode=cfg.meta_grad, fd_step=cfg.fd_step,
+                fd_scheme=cfg.fd_scheme, shared=shared, lr=lr,
                 betas=cfg.resolved_frame_betas, seed=draw.torch_seed, amp=self.amp)
         finally:
             self.model.set_attention("fused")
