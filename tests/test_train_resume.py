@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from test_train import session_train_data, single_thread, tiny_config
 
 from mof.train import load_train_config, train
+from mof.train.checkpoint import RowJournal
 from pipeline.framestore import FrameStore
 
 train_data = pytest.fixture(scope="session")(session_train_data)
@@ -91,3 +92,23 @@ def test_sigkill_and_resume_matches_uninterrupted(train_data, tmp_path, uninterr
     assert resumed["steps"] == 3 * EPOCHS
     assert not _journal_entries(run, 0)  # dropped at the final checkpoint
     assert_same_state(run_state(run), uninterrupted)
+
+
+def test_background_journal_is_durable_after_wait_and_reports_errors(tmp_path):
+    journal = RowJournal(tmp_path / "journal", rank=1)
+    journal.start(0)
+    arrays = {"frames": np.arange(12, dtype=np.float32).reshape(3, 4),
+              "step": np.array([5, 6, 7])}
+    journal.record_in_background(4, np.array([7, 2, 9]), arrays)
+    journal.record_in_background(5, np.array([2, 3]), {k: v[:2] + 100 for k, v in arrays.items()})
+    journal.wait()
+    entries = list(journal.pending(0))  # newest first; row 2 was saved once, at step 4
+    assert [e[0].tolist() for e in entries] == [[3], [7, 2, 9]]
+    np.testing.assert_array_equal(entries[0][1]["frames"], arrays["frames"][1:2] + 100)
+    np.testing.assert_array_equal(entries[1][1]["step"], arrays["step"])
+    (tmp_path / "journal" / "1").write_text("not a directory")
+    journal.generation = 1  # a generation whose directory cannot be written to
+    journal.record_in_background(6, np.array([0]), {"step": np.array([0])})
+    with pytest.raises(OSError):
+        journal.wait()
+    journal.close()

@@ -9,6 +9,10 @@ its oldest version, the one checkpoint ``S`` saw) and drops the journal. A check
 committed by renaming its directory into place, and only then is the previous journal deleted,
 so a crash at any point leaves a checkpoint and a journal that match.
 
+The pre-images are known when a phase starts, so the trainer hands them to
+:meth:`RowJournal.record_in_background` and computes meanwhile; :meth:`RowJournal.wait` joins
+the write (durable: fsync, then rename) before the first of those rows is overwritten.
+
 Layout::
 
     RUN_DIR/checkpoints/last/   model (save_model format) + trainer_state.pt
@@ -22,6 +26,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +120,12 @@ class RowJournal:
         self.rank = rank
         self.generation: int | None = None
         self._saved: set[int] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
 
     def start(self, generation: int) -> None:
         """Journal into ``root/<generation>`` from now on (the step of the new checkpoint)."""
+        self.wait()
         self.generation = generation
         self._saved = set()
         (self.root / str(generation)).mkdir(parents=True, exist_ok=True)
@@ -143,6 +151,32 @@ class RowJournal:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         self._saved.update(int(r) for r in np.asarray(rows)[keep])
+
+    def record_in_background(self, step: int, rows: np.ndarray,
+                             arrays: dict[str, np.ndarray]) -> None:
+        """:meth:`record` on the journal's thread; call :meth:`wait` before writing ``rows``.
+
+        Entries are written one at a time in submission order. ``arrays`` must stay unchanged
+        until :meth:`wait` returns.
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="row-journal")
+        self._pending.append(self._executor.submit(self.record, step, rows, arrays))
+
+    def wait(self) -> None:
+        """Block until every entry recorded in the background is durable; raise its error."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        """Wait for background entries and stop the thread."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
     def pending(self, generation: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """Entries of ``generation``, newest first: ``(rows, arrays)`` to write back in order."""

@@ -263,6 +263,8 @@ class Trainer:
         """One phase: model-level step, then (MOF, phase schedule) the frame-level step."""
         cfg, p = self.cfg, self.progress
         frame_step = runs_frame_step(cfg, p.step)
+        if frame_step:
+            self._journal(batch, state)
         draw = draw_phase(
             batch, self.model, seed=phase_seed(cfg.seed, p.epoch, p.batch, self.dist.rank),
             num_frames=cfg.num_frames, regular_frames=cfg.regular_frames if frame_step else None,
@@ -288,6 +290,7 @@ class Trainer:
     def _frame_batch(self, batch: RawBatch, state: FrameRows) -> dict[str, float]:
         """A batch of the ``frames`` stage (epoch schedule): Θ fixed, eval mode, α = 1."""
         cfg, p = self.cfg, self.progress
+        self._journal(batch, state)
         draw = draw_phase(
             batch, self.model,
             seed=phase_seed(cfg.seed, p.epoch, p.batch, self.dist.rank, stream=1),
@@ -295,6 +298,12 @@ class Trainer:
             crop_scale=cfg.crop_scale, device=self.device, need_uniform=False)
         self.model.eval()
         return self._frame_update(batch, state, draw, lr=frame_lr_at(cfg, p.frame_epochs))
+
+    def _journal(self, batch: RawBatch, state: FrameRows) -> None:
+        """Start saving the pre-images of the batch's rows; it overlaps the phase's compute
+        and is joined in :meth:`_frame_update` before the rows are written back."""
+        self.journal.record_in_background(self.progress.phase, self._rows(batch), {
+            n: getattr(state, n) for n in ("frames", "exp_avg", "exp_avg_sq", "step")})
 
     def _frame_update(self, batch: RawBatch, state: FrameRows, draw, lr: float,
                       shared: SharedPass | None = None) -> dict[str, float]:
@@ -312,10 +321,8 @@ class Trainer:
                 betas=cfg.resolved_frame_betas, seed=draw.torch_seed, amp=self.amp)
         finally:
             self.model.set_attention("fused")
-        rows = self._rows(batch)
-        self.journal.record(p.phase, rows, {n: getattr(state, n) for n in
-                                            ("frames", "exp_avg", "exp_avg_sq", "step")})
-        self.io.write(rows, FrameRows(*(getattr(new, n).detach().cpu().numpy() for n in
+        self.journal.wait()  # the pre-images are durable before any row is overwritten
+        self.io.write(self._rows(batch), FrameRows(*(getattr(new, n).detach().cpu().numpy() for n in
                                         ("frames", "exp_avg", "exp_avg_sq", "step"))))
         p.frame_loss_sum, p.frame_count = p.frame_loss_sum + stats["outer_loss"], p.frame_count + 1
         return {"frame_loss": stats["outer_loss"], "meta_grad": stats["meta_grad_norm"]}
@@ -387,6 +394,8 @@ class Trainer:
 
     def cleanup(self) -> None:
         """Stop the store's I/O threads, close logs, leave the process group."""
+        if self.journal is not None:
+            self.journal.close()
         if self.io is not None:
             self.io.close()
         if self.log is not None:
