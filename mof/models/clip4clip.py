@@ -44,6 +44,7 @@ from mof.models.common import (
     safe_normalize,
     tiny_tokenizer,
 )
+from mof.models.space_time import PatchConv2d
 from mof.models.text import (
     TextTokenizer,
     load_tokenizer,
@@ -155,6 +156,9 @@ class Clip4Clip(RetrievalModel):
             with contextlib.nullcontext() if init_weights else no_init_weights():
                 clip = CLIPModel(config.clip_config())
         self.clip = clip
+        # CLIP's patch Conv2d (kernel = stride) computed as reshape + linear: same parameters,
+        # several times faster input gradient on CPU (every ε-gradient of MOF pays it).
+        clip.vision_model.embeddings.patch_embedding.__class__ = PatchConv2d
         self.tokenizer = tokenizer
         self.contract = frame_contract(config, CLIP_MEAN, CLIP_STD, tokenizer_kind)
         self.spec: dict[str, Any] = {}
