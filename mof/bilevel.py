@@ -383,15 +383,19 @@ def frame_adam_step(
         raise ValueError(f"step must be ({frames.shape[0]},), got {tuple(step.shape)}")
     beta1, beta2 = betas
     step = step + 1
+    # Five full-size allocations (the three results and two temporaries), every other
+    # operation in place on them; the inputs are never written (the trainer's undo journal
+    # may still be saving them).
     exp_avg = exp_avg.lerp(grad, 1 - beta1)
-    exp_avg_sq = exp_avg_sq * beta2 + grad * grad * (1 - beta2)
+    exp_avg_sq = exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
     # Bias corrections in float64 per row, as torch.optim.Adam computes them in Python floats.
     count = step.to(torch.float64)
     view = (-1,) + (1,) * (frames.dim() - 1)
     step_size = (lr / (1 - beta1**count)).to(frames.dtype).view(view)
     bc2_sqrt = (1 - beta2**count).sqrt().to(frames.dtype).view(view)
-    denom = exp_avg_sq.sqrt() / bc2_sqrt + eps
-    return frames - step_size * exp_avg / denom, exp_avg, exp_avg_sq, step
+    denom = exp_avg_sq.sqrt().div_(bc2_sqrt).add_(eps)
+    update = exp_avg.mul(step_size).div_(denom)
+    return frames - update, exp_avg, exp_avg_sq, step
 
 
 def make_loss_fn(

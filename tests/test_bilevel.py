@@ -194,8 +194,10 @@ def test_frame_adam_matches_torch_adam_per_row():
     for batch in ([0, 1], [1, 2, 3], [3, 1], [0, 2, 1]):
         grad = torch.randn(len(batch), *shape, generator=gen) * 1e-4
         rows = torch.tensor(batch)
-        out = frame_adam_step(frames[rows], grad, exp_avg[rows], exp_avg_sq[rows], step[rows],
-                              lr=8e-4, betas=(0.5, 0.999))
+        inputs = (frames[rows], grad, exp_avg[rows], exp_avg_sq[rows], step[rows])
+        kept = [x.clone() for x in inputs]
+        out = frame_adam_step(*inputs, lr=8e-4, betas=(0.5, 0.999))
+        assert all(torch.equal(x, k) for x, k in zip(inputs, kept, strict=True))  # out of place
         frames[rows], exp_avg[rows], exp_avg_sq[rows], step[rows] = out
         for j, row in enumerate(batch):
             reference[row].grad = grad[j : j + 1].clone()
