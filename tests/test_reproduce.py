@@ -29,6 +29,7 @@ from mof.reproduce.grid import (
 )
 from mof.reproduce.report import README_BEGIN, README_END, rewrite_readme
 from mof.reproduce.runner import cell_dir
+from mof.reproduce.warm_start import warm_start_dir, warm_start_path
 
 GRID = "1,16:1"
 
@@ -36,7 +37,7 @@ GRID = "1,16:1"
 def micro_config(base: Path, **overrides) -> Table4Config:
     settings = {"work": str(base / "work"), "results": str(base / "results"), "grid": GRID,
                 "seeds": 1, "epochs": 1, "batch_size": 4, "eval_every": 1, "synth_train": 8,
-                "synth_test": 4, "jobs": 2, "progress": False,
+                "synth_test": 4, "jobs": 2, "progress": False, "warm_start_epochs": 1,
                 "train_args": {"augment": "none", "shuffle_buffer": 4}}
     settings.update(overrides)
     return Table4Config(**settings)
@@ -109,6 +110,27 @@ def test_micro_grid_end_to_end(micro):
     assert (cell_dir(cfg, Cell(1, 16), 0) / "run" / "mof.zarr").is_dir()
 
 
+def test_cells_fine_tune_one_shared_warm_start(micro):
+    cfg = micro["cfg"]
+    where = warm_start_dir(cfg)
+    record = json.loads((where / "warm_start.json").read_text())
+    assert record["frames"] == 4 and record["epochs"] == 1 and len(record["epoch_loss"]) == 1
+    assert record["train_config"]["frames"] == "4" and record["train_config"]["seed"] == 0
+    assert record["metrics"]["t2v"]["count"] == 4 * 5  # its own evaluation, 4 frames
+    start = str(where / "run" / "checkpoints" / "last")
+    for cell in cfg.cells:
+        for seed in (0, 1):
+            text = (cell_dir(cfg, cell, seed) / "run" / "config.yaml").read_text()
+            assert f"init_from: {start}" in text
+    assert "fine-tunes one warm start (a 4-frame baseline trained 1 epoch from" in (
+        micro["base"] / "results" / "table4.md").read_text()
+    # Off (or a model with pre-trained weights): cells start from the model's own weights.
+    assert cfg.resolved_warm_start_epochs == 1
+    off = micro_config(micro["base"], warm_start_epochs=0)
+    assert warm_start_path(off) is None
+    assert off.train_config(off.cells[0], 0, "a", "b", "c").init_from is None
+
+
 def test_rerun_skips_finished_cells_and_adds_seeds(micro):
     second, cfg = micro["second"], micro["cfg"]
     assert second.outcomes == {"skipped": 2, "trained": 2}
@@ -176,6 +198,7 @@ def test_cli_report_only_and_usage_errors(micro, tmp_path):
     base = micro["base"]
     args = ["reproduce", "table4", "--work", str(base / "work"), "--grid", GRID, "--seeds", "2",
             "--epochs", "1", "--batch-size", "4", "--eval-every", "1", "--synth-train", "8",
+            "--warm-start-epochs", "1",
             "--synth-test", "4", "--train-arg", "augment=none", "--train-arg",
             "shuffle_buffer=4", "--results", str(tmp_path / "r"), "--report-only", "--quiet"]
     result = CliRunner().invoke(main, args)

@@ -115,6 +115,9 @@ def reproduce_table4(cfg: Table4Config) -> Table4Summary:
         base.mkdir(parents=True, exist_ok=True)
         atomic_write_json(base / "table4_config.json", cfg.to_dict())
         shards = prepare_data(cfg)
+        from mof.reproduce.warm_start import run_warm_start
+
+        run_warm_start(cfg, shards)
         bar = tqdm(total=summary.expected, desc="cells", unit="cell", disable=not cfg.progress)
 
         def on_done(outcome) -> None:

@@ -49,7 +49,8 @@ _OPTIONS = [
          type=click.Choice(["exact", "finite-diff", "first-order"])),
     _opt("--frame-schedule", "MOF schedule: phase (Algorithm 1) or epoch (authors' trainer).",
          type=click.Choice(["phase", "epoch"])),
-    _opt("--frame-lr", "beta: Adam learning rate of the learnable frames.", type=float),
+    _opt("--frame-lr", "beta: Adam learning rate of the learnable frames [default: 0.05 for "
+                       "*-tiny models, the paper's 8e-4 otherwise].", type=float),
     _opt("--inner-lr", "alpha: inner SGD step of the frame level [default: --lr].", type=float),
     _opt("--eval-every", "Evaluate on the test split every N epochs while training (the "
                          "curves); 0: only at the end.", type=int),
@@ -58,6 +59,10 @@ _OPTIONS = [
     click.option("--train-arg", "train_arg", multiple=True, metavar="KEY=VALUE",
                  help="Any other mof-cli train setting for every cell, e.g. augment=none; "
                       "repeatable."),
+    _opt("--warm-start-epochs", "Epochs of the shared warm start every cell fine-tunes from "
+                                "(0: none) [default: 10 for *-tiny models, 0 otherwise].",
+         type=int),
+    _opt("--warm-start-frames", "Uniform frames per video of the warm start.", type=int),
     _opt("--stored-frames", "Frames per video in the shards [default: the most a cell needs].",
          type=int),
     _opt("--size", "Frame side of the shards in pixels [default: the model's input size].",

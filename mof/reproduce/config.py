@@ -15,7 +15,9 @@ from typing import Any
 
 from mof.reproduce.grid import DEFAULT_GRID, Cell, parse_grid
 
-__all__ = ["SYNTHETIC", "TINY_MODEL_ARGS", "TINY_TRAIN_ARGS", "Table4Config"]
+__all__ = ["PAPER_FRAME_LR", "SYNTHETIC", "TINY_FRAME_LR", "TINY_MODEL_ARGS", "TINY_TRAIN_ARGS",
+           "TINY_WARM_START_EPOCHS",
+           "Table4Config"]
 
 SYNTHETIC = "synthetic"
 _SELECT = ("last", "best")
@@ -27,6 +29,15 @@ TINY_MODEL_ARGS: dict[str, Any] = {"temperature": 0.1}
 #: ``*-tiny`` models on the synthetic data: random crops of 64-px frames cut out the small
 #: objects the captions name.
 TINY_TRAIN_ARGS: dict[str, Any] = {"augment": "none"}
+#: β, the frames' Adam learning rate: the paper's, and the one of ``*-tiny`` grids. The phase
+#: schedule gives each video one Adam step per epoch and Adam's steps are about β in size, so
+#: in a 6-epoch cell the paper's β moves a frame by at most ~0.005 (normalised units), far
+#: below what the model can see; 0.05 lets the frames move ~0.3 (docs/table4-findings.md).
+PAPER_FRAME_LR = 8e-4
+TINY_FRAME_LR = 0.05
+#: ``*-tiny`` models: epochs of the warm start. From random weights the loss stays at the
+#: collapsed 2 ln B for 2-4 epochs (seed-dependent) before it falls (docs/table4-findings.md).
+TINY_WARM_START_EPOCHS = 10
 
 
 @dataclass
@@ -59,6 +70,11 @@ class Table4Config:
             split) or ``best`` (best test R@1 during training, as Frozen's trainer reports).
         train_args: any other ``TrainConfig`` field, applied to every cell (merged over
             :data:`TINY_TRAIN_ARGS` for ``*-tiny`` models).
+        warm_start_epochs: epochs of the shared warm start every cell fine-tunes from
+            (:mod:`mof.reproduce.warm_start`); ``None``: :data:`TINY_WARM_START_EPOCHS` for
+            ``*-tiny`` models (random weights), 0 (none) otherwise (pre-trained weights come
+            through ``model_args``).
+        warm_start_frames: uniform frames per video of the warm start.
         stored_frames: frames per video in the shards; ``None``: the most any cell needs.
         size: frame side of the shards in pixels; ``None``: the model's input size.
         synth_train: training videos of the generated synthetic dataset.
@@ -89,11 +105,13 @@ class Table4Config:
     lr: float | None = None
     meta_grad: str = "exact"
     frame_schedule: str = "phase"
-    frame_lr: float = 8e-4
+    frame_lr: float | None = None
     inner_lr: float | None = None
     eval_every: int = 2
     select: str = "last"
     train_args: dict[str, Any] = field(default_factory=dict)
+    warm_start_epochs: int | None = None
+    warm_start_frames: int = 4
     stored_frames: int | None = None
     size: int | None = None
     synth_train: int = 1000
@@ -124,11 +142,17 @@ class Table4Config:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be a positive integer, "
                                 f"got {getattr(self, name)!r}")
+        if self.warm_start_epochs is not None and (
+                not isinstance(self.warm_start_epochs, int) or self.warm_start_epochs < 0):
+            problems.append(f"--warm-start-epochs must be >= 0, got {self.warm_start_epochs!r}")
+        if not isinstance(self.warm_start_frames, int) or self.warm_start_frames < 1:
+            problems.append(f"--warm-start-frames must be a positive integer, got "
+                            f"{self.warm_start_frames!r}")
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
             problems.append(f"--eval-every must be >= 0, got {self.eval_every!r}")
         if self.select not in _SELECT:
             problems.append(f"--select must be one of {', '.join(_SELECT)}, got {self.select!r}")
-        needed = max((c.stored_frames for c in self.cells), default=1)
+        needed = max([c.stored_frames for c in self.cells] + self._warm_start_frames())
         if self.stored_frames is not None and self.stored_frames < needed:
             problems.append(f"--stored-frames {self.stored_frames}: the grid needs {needed}")
         if self.size is not None and self.size < 8:
@@ -169,6 +193,18 @@ class Table4Config:
         return {**(TINY_TRAIN_ARGS if self.tiny else {}), **self.train_args}
 
     @property
+    def resolved_warm_start_epochs(self) -> int:
+        if self.warm_start_epochs is not None:
+            return self.warm_start_epochs
+        return TINY_WARM_START_EPOCHS if self.tiny else 0
+
+    @property
+    def resolved_frame_lr(self) -> float:
+        if self.frame_lr is not None:
+            return self.frame_lr
+        return TINY_FRAME_LR if self.tiny else PAPER_FRAME_LR
+
+    @property
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
@@ -177,7 +213,11 @@ class Table4Config:
     @property
     def needed_frames(self) -> int:
         """Frames stored per video in the shards (every cell draws from the same shards)."""
-        return self.stored_frames or max(c.stored_frames for c in self.cells)
+        return self.stored_frames or max([c.stored_frames for c in self.cells]
+                                         + self._warm_start_frames())
+
+    def _warm_start_frames(self) -> list[int]:
+        return [self.warm_start_frames] if self.resolved_warm_start_epochs else []
 
     def seed_list(self) -> list[int]:
         return list(range(self.seeds))
@@ -191,9 +231,26 @@ class Table4Config:
             "test": test if self.eval_every else None, "out": out, "frames": cell.frames,
             "seed": seed, "epochs": self.epochs, "batch_size": self.batch_size,
             "lr": self.resolved_lr, "meta_grad": self.meta_grad,
-            "frame_schedule": self.frame_schedule, "frame_lr": self.frame_lr,
+            "frame_schedule": self.frame_schedule, "frame_lr": self.resolved_frame_lr,
             "inner_lr": self.inner_lr, "eval_every": max(self.eval_every, 1),
             "device": self.device, "workers": 0,
+        }
+        settings.update(self.resolved_train_args)
+        if self.resolved_warm_start_epochs:
+            from mof.reproduce.warm_start import warm_start_path
+
+            settings["init_from"] = warm_start_path(self)
+        return TrainConfig(**settings)
+
+    def warm_start_config(self, train: str, out: str):
+        """The ``TrainConfig`` of the warm start: a baseline on ``warm_start_frames``, seed 0."""
+        from mof.train.config import TrainConfig
+
+        settings: dict[str, Any] = {
+            "model": self.model, "model_args": self.resolved_model_args, "train": train,
+            "test": None, "out": out, "frames": str(self.warm_start_frames), "seed": 0,
+            "epochs": self.resolved_warm_start_epochs, "batch_size": self.batch_size,
+            "lr": self.resolved_lr, "device": self.device, "workers": 0,
         }
         settings.update(self.resolved_train_args)
         return TrainConfig(**settings)

@@ -17,12 +17,14 @@ _PUBLISH_LIMIT = 1 << 20  # only small files go next to the docs
 
 def _settings_line(cfg: Table4Config) -> str:
     mof = (f"MOF: --meta-grad {cfg.meta_grad}, --frame-schedule {cfg.frame_schedule}, "
-           f"β = {cfg.frame_lr:g}" + (f", α = {cfg.inner_lr:g}" if cfg.inner_lr else ""))
+           f"β = {cfg.resolved_frame_lr:g}" + (f", α = {cfg.inner_lr:g}" if cfg.inner_lr else ""))
     extra = "".join(f", {k} = {v}" for k, v in sorted(cfg.resolved_train_args.items()))
     extra += "".join(f", model {k} = {v}" for k, v in sorted(cfg.resolved_model_args.items()))
     epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs > 1 else "")
+    from mof.reproduce.warm_start import warm_start_summary
+
     return (f"Every cell: {epochs}, batch {cfg.batch_size}, lr {cfg.resolved_lr:g}"
-            f"{extra}; {mof}; evaluated checkpoint: {cfg.select}.")
+            f"{extra}; {mof}; evaluated checkpoint: {cfg.select}.{warm_start_summary(cfg)}")
 
 
 def _runs_line(cfg: Table4Config) -> str:
