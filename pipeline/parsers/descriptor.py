@@ -6,6 +6,7 @@ file is opened; every problem is reported at once with the descriptor's line num
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,17 @@ from pipeline.parsers.common import (
 
 __all__ = ["MANIFEST_DIR", "list_datasets", "load_descriptor"]
 
-# The descriptors ship with the repository, beside the `pipeline` package.
-MANIFEST_DIR = Path(__file__).resolve().parents[2] / "manifests"
+
+
+def _manifest_dir() -> Path:
+    """``manifests/`` beside the ``pipeline`` package (a checkout or an editable install), else
+    the copy a regular ``pip install`` puts under ``<prefix>/share/mof/manifests``."""
+    beside = Path(__file__).resolve().parents[2] / "manifests"
+    installed = Path(sys.prefix) / "share" / "mof" / "manifests"
+    return installed if installed.is_dir() and not beside.is_dir() else beside
+
+
+MANIFEST_DIR = _manifest_dir()
 
 # Top-level keys -> whether they are required.
 _TOP_KEYS = {
