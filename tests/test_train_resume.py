@@ -67,7 +67,7 @@ def _journal_entries(run: Path, after_generation: int) -> list[Path]:
     if not journal.is_dir():
         return []
     return [f for d in journal.iterdir() if d.name.isdigit() and int(d.name) >= after_generation
-            for f in d.glob("*.npz")]
+            for f in d.glob("*.npy")]
 
 
 def test_sigkill_and_resume_matches_uninterrupted(train_data, tmp_path, uninterrupted):
@@ -102,8 +102,11 @@ def test_background_journal_is_durable_after_wait_and_reports_errors(tmp_path):
     journal.record_in_background(4, np.array([7, 2, 9]), arrays)
     journal.record_in_background(5, np.array([2, 3]), {k: v[:2] + 100 for k, v in arrays.items()})
     journal.wait()
+    # An entry of the earlier .npz format is still read back.
+    np.savez(tmp_path / "journal" / "0" / "r0-s1.npz", rows=np.array([4]), step=np.array([8]))
     entries = list(journal.pending(0))  # newest first; row 2 was saved once, at step 4
-    assert [e[0].tolist() for e in entries] == [[3], [7, 2, 9]]
+    assert [e[0].tolist() for e in entries] == [[3], [7, 2, 9], [4]]
+    assert entries[2][1]["step"].tolist() == [8]
     np.testing.assert_array_equal(entries[0][1]["frames"], arrays["frames"][1:2] + 100)
     np.testing.assert_array_equal(entries[1][1]["step"], arrays["step"])
     (tmp_path / "journal" / "1").write_text("not a directory")
