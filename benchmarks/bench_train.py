@@ -2,7 +2,9 @@
 
 Runs the real trainer (``mof.train.trainer.Trainer``) with ``frozen-tiny`` (64 px, batch 8, one
 CPU thread) on synthetic shards: baseline-U and baseline-R, MOF R:U in (8,4) (16,4) (8,8)
-(32,8) with each meta-gradient mode, and MOF 8:8 and 32:8 with ``--frame-step-every k``. The
+(32,8) with each meta-gradient mode (``exact``; ``finite-diff`` with the central difference,
+``fd-central``, and with the forward difference sharing the model-level pass, ``fd-forward``),
+and MOF 8:8 and 32:8 with ``--frame-step-every k``. The
 trainer's calls are wrapped with timers; nothing in it is replaced. Every configuration trains
 one epoch in its own thread, and a round-robin baton lets one thread at a time run a phase, so
 phase k of every configuration runs in the same minute and drifting load from other processes
@@ -10,13 +12,15 @@ falls on all alike. Times are the working thread's CPU seconds (``time.thread_ti
 over phases 1-10 (phase 0 is warm-up; 10 phases hold whole cycles of k = 2, 5, 10).
 
 - *phase*: from taking the baton (just before the reader's ``next()``) to the end of
-  ``Trainer._phase``: data, store wait, draw, model-level step, frame-level step, undo journal,
-  store write-back; *data* is the reader's ``next()`` (``--workers 0``);
-- *store I/O*: the phase's time in the store's prefetch/get/write calls and the undo journal,
-  plus the CPU time of the store's background read/write threads;
+  ``Trainer._phase``: data, store wait, draw, model-level step, frame-level step, wait for the
+  undo journal, store write-back; *data* is the reader's ``next()`` (``--workers 0``);
+- *store I/O*: the phase's time in the store's prefetch/get/write calls and in waiting for the
+  undo journal, plus the CPU time of the store's background read/write threads and of the
+  journal's thread, as a share of the phase and those threads together;
 - *floor* of a MOF phase: the phase's own model-level step on U frames, plus one inner
-  gradient on U, one outer forward-backward on R and two ε-gradients on U, each timed right
-  after every phase on a batch of the run with the run's current model;
+  gradient on U, one outer forward-backward on R and two ε-gradients on U (``fd-forward``:
+  the model-level step, the outer pass and one ε-gradient), each timed right after every
+  phase on a batch of the run with the run's current model;
 - *peak*: from a separate sequential pass in a subprocess (threads would mix allocations)
   where glibc serves large blocks by ``mmap``: a phase's peak resident memory above the set-up
   trainer's.
@@ -40,10 +44,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-BATCH, PAIRS, MODES = 8, ((8, 4), (16, 4), (8, 8), (32, 8)), ("exact", "finite-diff")
-#: The paper's train hours on MSR-VTT: MOF R:U over Frozen trained on R frames (its Table VI).
-PAPER = {(8, 8): 10 / 8, (32, 8): 28 / 20}
-EVERY = (2, 5, 10)
+from train_tables import EVERY, FLOOR, MODES, PAIRS, PAPER, report, schedule_table
+
+BATCH = 8
 WINDOW = range(1, 11)  # measured phases
 _local = threading.local()
 
@@ -108,6 +111,7 @@ class Probe:
         self.name, self.baton, self.phase, self.holding = name, baton, 0, False
         self.parts: list[tuple[int, str, float]] = []  # (phase, part, CPU seconds)
         self.floor: dict[str, Callable[[], object]] = {}  # passes timed after each phase
+        self.floor_terms: dict[str, int] = {}  # part → count in the floor
         self.phases: list[dict[str, float]] = []
         self._start = 0.0
         self._rss = _status_kib("VmRSS")
@@ -143,8 +147,7 @@ class Probe:
             if phase in WINDOW:
                 sums[part] += seconds / len(rows)
         if self.floor:
-            sums["floor"] = (sums["model_step"] + sums["inner_U"] + sums["outer_R"]
-                             + 2 * sums["eps_U"])
+            sums["floor"] = sum(n * sums[part] for part, n in self.floor_terms.items())
         return {**out, **sums}
 
 
@@ -196,25 +199,32 @@ def instrument(trainer, probe: Probe) -> Callable[[], None]:
     if trainer.io is not None:
         for name in ("prefetch", "get", "write"):
             setattr(trainer.io, name, _timed(getattr(trainer.io, name), "store_wait", probe))
-        trainer.journal.record = _timed(trainer.journal.record, "journal", probe)
+        # record() runs on the journal's own thread: its CPU time is background time.
+        trainer.journal.record = _timed(trainer.journal.record, "journal_bg", probe)
+        trainer.journal.wait = _timed(trainer.journal.wait, "journal_wait", probe)
         for name in ("read", "write"):  # these run on the store's I/O threads
             setattr(trainer.store, name, _timed(getattr(trainer.store, name), "store_bg", probe))
     wrapped = [(trainer.stream, "epoch"), (trainer, "_phase"), (trainer.io, "prefetch"),
                (trainer.io, "get"), (trainer.io, "write"), (trainer.journal, "record"),
+               (trainer.journal, "wait"),
                (trainer.store, "read"), (trainer.store, "write")]
     # The wrappers are instance attributes shadowing the methods: deleting them unwraps.
     return lambda: [vars(obj).pop(name, None) for obj, name in wrapped if obj is not None]
 
 
 def default_mode() -> str:
+    """The benchmark label of the trainer's default ``--meta-grad`` / ``--fd-scheme``."""
     from mof.train.config import TrainConfig
 
-    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "meta_grad")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return next(label for label, pair in MODES.items()
+                if pair == (defaults["meta_grad"], defaults["fd_scheme"]))
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One configuration: ``frames`` is ``U`` (baseline) or ``R:U`` (MOF)."""
+    """One configuration: ``frames`` is ``U`` (baseline) or ``R:U`` (MOF); ``mode`` a
+    :data:`MODES` label."""
 
     frames: str
     mode: str | None = None
@@ -233,7 +243,8 @@ def make_trainer(run: Run, shards: str, workdir: Path, augment: str | None = Non
 
     out = workdir / run.name.replace(" ", "_").replace(":", "x")
     cfg = TrainConfig(model="frozen-tiny", train=shards, test=None, out=str(out),
-                      frames=run.frames, meta_grad=run.mode or default_mode(),
+                      frames=run.frames, meta_grad=MODES[run.mode or default_mode()][0],
+                      fd_scheme=MODES[run.mode or default_mode()][1],
                       frame_step_every=run.every, epochs=1, batch_size=BATCH, lr=1e-3,
                       workers=0, shuffle_buffer=0, device="cpu", log_every=10**6,
                       **({} if augment is None else {"augment": augment}))
@@ -269,7 +280,9 @@ def rotate(trainers: dict[str, object]) -> dict[str, Probe]:
 
     for name, trainer in trainers.items():
         if trainer.cfg.mof and trainer.cfg.frame_step_every == 1:
-            probes[name].floor = floor_passes(trainer)
+            terms = FLOOR[name.split()[2]]
+            probes[name].floor_terms = terms
+            probes[name].floor = {k: fn for k, fn in floor_passes(trainer).items() if k in terms}
     unwrap = [instrument(trainer, probes[name]) for name, trainer in trainers.items()]
     threads = [threading.Thread(target=work, args=(name,), name=name) for name in trainers]
     for thread in threads:
@@ -336,72 +349,6 @@ def measure_memory(runs: list[Run], shards: str, workdir: Path, augment: str | N
     return peaks
 
 
-def _frames(name: str) -> tuple[int, int]:
-    """(R, U) of a result name; a baseline on n frames is (n, n)."""
-    spec = name.split()[1]
-    return tuple(int(x) for x in spec.split(":")) if ":" in spec else (int(spec), int(spec))
-
-
-def report(results: dict[str, dict[str, float]]) -> list[str]:
-    """Markdown tables: phase costs and ratios; where a MOF phase's time goes."""
-    base = {_frames(k)[0]: v for k, v in results.items() if k.startswith("baseline")}
-    lines = [("| phase | CPU ms | × baseline-U | × baseline-R | peak MiB | peak × baseline-U | "
-             "data % | store I/O % | × floor |"), "|---|---|---|---|---|---|---|---|---|"]
-    for key, r in results.items():
-        if "every" in key:
-            continue
-        regular, used = _frames(key)
-        cpu = r["cpu"]
-        io = sum(r.get(k, 0.0) for k in ("store_wait", "journal", "store_bg"))
-        lines.append(
-            f"| {key} | {1e3 * cpu:.0f} | {cpu / base[used]['cpu']:.2f} | "
-            f"{cpu / base[regular]['cpu']:.2f} | {r['peak_mib']:.0f} | "
-            f"{r['peak_mib'] / base[used]['peak_mib']:.1f} | {100 * r['data'] / cpu:.1f} | "
-            f"{100 * io / (cpu + r.get('store_bg', 0.0)):.1f} | "
-            + (f"{cpu / r['floor']:.2f} |" if "floor" in r else "– |"))
-    lines += ["", "Where a MOF phase's CPU time goes (ms per phase):", "",
-              ("| R:U, mode | floor: model step U + inner U + outer R + 2 ε-grad U | phase (× "
-              "floor) | meta-gradient (its floor passes) | Adam on ε | rest of frame step | "
-              "draw | data | store wait | undo journal | other |"),
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for regular, used in PAIRS:
-        for mode in MODES:
-            r = results[f"MOF {regular}:{used} {mode}"]
-            ms = {k: 1e3 * v for k, v in r.items()}
-            passes = ms["inner_U"] + ms["outer_R"] + 2 * ms["eps_U"]
-            other = ms["cpu"] - sum(ms.get(k, 0.0) for k in (
-                "model_step", "frame_step", "draw", "data", "store_wait", "journal"))
-            lines.append(
-                f"| {regular}:{used} {mode} | {ms['model_step']:.0f} + {ms['inner_U']:.0f} + "
-                f"{ms['outer_R']:.0f} + {2 * ms['eps_U']:.0f} = {ms['floor']:.0f} | "
-                f"{ms['cpu']:.0f} ({r['cpu'] / r['floor']:.2f}×) | {ms['meta_grad']:.0f} "
-                f"({passes:.0f}) | {ms['frame_adam']:.0f} | "
-                f"{ms['frame_step'] - ms['meta_grad'] - ms['frame_adam']:.0f} | "
-                f"{ms['draw']:.0f} | {ms['data']:.0f} | {ms['store_wait']:.0f} | "
-                f"{ms['journal']:.0f} | {other:.0f} |")
-    return lines
-
-
-def schedule_table(results: dict[str, dict[str, float]], default: str) -> list[str]:
-    """MOF over a baseline on R frames with a frame step every k-th batch, and the k at which
-    the least-squares fit ``ratio(k) = a + b / k`` meets the paper's train-hour ratio."""
-    import numpy as np
-
-    ks = (1, *EVERY)
-    lines = ["| R:U | paper | " + " | ".join(f"k = {k}" for k in ks)
-             + " | fit a + b/k | k for the paper's ratio |", "|---|---|---|---|---|---|---|---|"]
-    for (regular, used), paper in PAPER.items():
-        baseline = results[f"baseline {regular}"]["cpu"]
-        names = [f"MOF {regular}:{used} {default}" + (f" every {k}" if k > 1 else "") for k in ks]
-        ratios = np.array([results[n]["cpu"] / baseline for n in names])
-        a, b = np.linalg.lstsq(np.stack([np.ones(len(ks)), 1 / np.array(ks)], 1), ratios,
-                               rcond=None)[0]
-        k = f"{b / (paper - a):.1f}" if paper > a else f"none (a = {a:.2f} > {paper:.2f})"
-        lines.append(f"| {regular}:{used} | {paper:.2f} | "
-                     + " | ".join(f"{r:.2f}" for r in ratios) + f" | {a:.2f} + {b:.2f}/k | {k} |")
-    return lines
-
-
 def peaks_in_subprocess(shards: str, runs: list[Run], augment: str | None) -> dict[str, float]:
     """:func:`measure_memory` in a fresh process where glibc serves large blocks by ``mmap``
     (so freed tensors leave the resident set). Not in this one: ``mmap`` per allocation would
@@ -462,14 +409,14 @@ def main() -> None:
     every1 = [r for r in runs if r.every == 1]
     for name, peak in peaks_in_subprocess(shards, every1, args.augment).items():
         results[name]["peak_mib"] = peak
+    if args.json:  # first, so that the numbers survive a failing report
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"frozen-tiny, batch {BATCH}, 64 px, 1 CPU thread, torch {torch.__version__}; mean "
           f"CPU ms over phases {WINDOW.start}-{WINDOW.stop - 1}; default mode: {default}; "
           f"augment: {args.augment or 'default'}\n")
     print("\n".join(report(results)))
     print("\nFrame step every k-th batch: MOF over a baseline on R frames:\n")
     print("\n".join(schedule_table(results, default)))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
