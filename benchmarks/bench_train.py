@@ -12,8 +12,10 @@ falls on all alike. Times are the working thread's CPU seconds (``time.thread_ti
 over phases 1-10 (phase 0 is warm-up; 10 phases hold whole cycles of k = 2, 5, 10).
 
 - *phase*: from taking the baton (just before the reader's ``next()``) to the end of
-  ``Trainer._phase``: data, store wait, draw, model-level step, frame-level step, wait for the
-  undo journal, store write-back; *data* is the reader's ``next()`` (``--workers 0``);
+  ``Trainer._phase``: data, store wait, model-level step, frame-level step, wait for the
+  undo journal, store write-back; *data* is the reader's ``next()`` (``--workers 0``); the
+  draw of captions, regular frames and crops runs one phase ahead on the trainer's draw
+  thread, whose CPU time is reported beside the phase;
 - *store I/O*: the phase's time in the store's prefetch/get/write calls and in waiting for the
   undo journal, plus the CPU time of the store's background read/write threads and of the
   journal's thread, as a share of the phase and those threads together;
@@ -165,7 +167,6 @@ def _timed(fn: Callable, part: str, probe: Probe | None = None) -> Callable:
 #: (module, function, part) called by the trainer through module globals.
 _GLOBALS = (("mof.train.trainer", "model_level_step", "model_step"),
             ("mof.train.trainer", "frame_level_update", "frame_step"),
-            ("mof.train.trainer", "draw_phase", "draw"),
             ("mof.train.phases", "meta_gradient", "meta_grad"),
             ("mof.train.phases", "frame_adam_step", "frame_adam"))
 
@@ -204,9 +205,12 @@ def instrument(trainer, probe: Probe) -> Callable[[], None]:
         trainer.journal.wait = _timed(trainer.journal.wait, "journal_wait", probe)
         for name in ("read", "write"):  # these run on the store's I/O threads
             setattr(trainer.store, name, _timed(getattr(trainer.store, name), "store_bg", probe))
+    # The draw of the next phase runs on the trainer's draw thread, during this phase.
+    submit = trainer.drawer.submit
+    trainer.drawer.submit = lambda fn, *a, **kw: submit(_timed(fn, "draw_bg", probe), *a, **kw)
     wrapped = [(trainer.stream, "epoch"), (trainer, "_phase"), (trainer.io, "prefetch"),
                (trainer.io, "get"), (trainer.io, "write"), (trainer.journal, "record"),
-               (trainer.journal, "wait"),
+               (trainer.journal, "wait"), (trainer.drawer, "submit"),
                (trainer.store, "read"), (trainer.store, "write")]
     # The wrappers are instance attributes shadowing the methods: deleting them unwraps.
     return lambda: [vars(obj).pop(name, None) for obj, name in wrapped if obj is not None]

@@ -42,7 +42,7 @@ def report(results: dict[str, dict[str, float]]) -> list[str]:
     lines += ["", "Where a MOF phase's CPU time goes (ms per phase):", "",
               ("| R:U, mode | floor: model step U + inner U + outer R + ε-grads U | phase (× "
               "floor) | meta-gradient (its floor passes) | Adam on ε | rest of frame step | "
-              "draw | data | store wait | journal wait (its thread) | other |"),
+              "draw (its thread) | data | store wait | journal wait (its thread) | other |"),
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for regular, used in PAIRS:
         for mode in MODES:
@@ -59,7 +59,8 @@ def report(results: dict[str, dict[str, float]]) -> list[str]:
                 f"{ms['cpu']:.0f} ({r['cpu'] / r['floor']:.2f}×) | {ms['meta_grad']:.0f} "
                 f"({passes:.0f}) | {ms['frame_adam']:.0f} | "
                 f"{ms['frame_step'] - ms['meta_grad'] - ms['frame_adam']:.0f} | "
-                f"{ms['draw']:.0f} | {ms['data']:.0f} | {ms['store_wait']:.0f} | "
+                f"{ms.get('draw', 0.0):.0f} ({ms.get('draw_bg', 0.0):.0f}) | {ms['data']:.0f} | "
+                f"{ms['store_wait']:.0f} | "
                 f"{ms['journal_wait']:.0f} ({ms['journal_bg']:.0f}) | {other:.0f} |")
     return lines
 

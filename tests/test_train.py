@@ -119,8 +119,8 @@ def test_one_phase_changes_exactly_the_rows_of_its_batch(train_data, tmp_path, m
     try:
         trainer.setup()
         _, before = read_store(tmp_path / "run")
-        batch, state = next(trainer._batches())
-        trainer._phase(batch, state)
+        batch, state, draw = next(trainer._batches())
+        trainer._phase(batch, state, draw)
         trainer.io.flush()
         rows = trainer.store.row_of(batch.keys)
     finally:

@@ -10,7 +10,7 @@ so a resumed run draws exactly what the uninterrupted run drew without saving ge
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from mof.frames import to_model_input
 from mof.models.base import InputContract, RetrievalModel
-from mof.train.augment import VideoAugment, draw_augment
+from mof.train.augment import VideoAugment, apply_augment, draw_augment
 from pipeline.reader import ShardDataset
 from pipeline.sampling import uniform_subset
 
@@ -26,6 +26,7 @@ __all__ = [
     "PhaseDraw",
     "RawBatch",
     "TrainStream",
+    "draw_and_crop",
     "draw_phase",
     "phase_seed",
     "regular_positions",
@@ -137,6 +138,7 @@ class PhaseDraw:
         frames_regular: float ``(B, R, 3, H, W)`` regular frames V^R, or ``None`` (baseline).
         augment: the batch's crops, or ``None``.
         torch_seed: seed of torch's generator for the passes of this phase (dropout).
+        regular_augmented: ``frames_regular`` already carries the crops (:func:`draw_and_crop`).
     """
 
     text: dict[str, torch.Tensor]
@@ -144,6 +146,7 @@ class PhaseDraw:
     frames_regular: torch.Tensor | None
     augment: VideoAugment | None
     torch_seed: int
+    regular_augmented: bool = False
 
 
 def draw_phase(batch: RawBatch, model: RetrievalModel, *, seed: int, num_frames: int,
@@ -178,3 +181,16 @@ def draw_phase(batch: RawBatch, model: RetrievalModel, *, seed: int, num_frames:
     aug = draw_augment(rng, len(batch.keys), augment, crop_scale)
     return PhaseDraw(text=text, frames_uniform=uniform, frames_regular=regular, augment=aug,
                      torch_seed=int(rng.integers(2**62)))
+
+
+def draw_and_crop(batch: RawBatch, model: RetrievalModel, **kwargs) -> PhaseDraw:
+    """:func:`draw_phase` (same arguments) with the crops already applied to the regular frames.
+
+    Everything of a phase that does not depend on the model's weights, so the trainer can run it
+    for the next batch on a background thread while the current phase computes.
+    """
+    draw = draw_phase(batch, model, **kwargs)
+    if draw.frames_regular is None or draw.augment is None:
+        return draw
+    return replace(draw, frames_regular=apply_augment(draw.frames_regular, draw.augment),
+                   regular_augmented=True)

@@ -180,6 +180,7 @@ def frame_level_update(
     fd_step: float,
     fd_scheme: str = "central",
     shared: SharedPass | None = None,
+    regular_augmented: bool = False,
     lr: float,
     betas: tuple[float, float],
     seed: int,
@@ -199,6 +200,7 @@ def frame_level_update(
         fd_scheme: ``central`` or ``forward`` difference of ``finite-diff``.
         shared: the model-level pass (``finite-diff``, ``forward``): the step then starts from
             its Θ (before the model-level update) and reuses its gradients when it has them.
+        regular_augmented: ``regular`` already carries ``augment``'s crops.
         lr, betas: the frames' Adam.
         seed: the phase's torch seed (dropout of every pass).
         amp: bf16 autocast for the ``exact`` mode on CUDA (difference estimators stay fp32).
@@ -222,7 +224,7 @@ def frame_level_update(
 
     eps = state.frames.detach().requires_grad_(augment is not None)
     frames_u = apply_augment(eps, augment)
-    frames_r = apply_augment(regular, augment).detach()
+    frames_r = (regular if regular_augmented else apply_augment(regular, augment)).detach()
     result = meta_gradient(loss_fn, params, frames_u.detach(), frames_r, alpha, mode=mode,
                            fd_step=fd_step, fd_scheme=fd_scheme, seed=seed,
                            shared_inner_grad=None if shared is None else shared.inner)

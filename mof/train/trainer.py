@@ -11,6 +11,7 @@ second pass of the ``epoch`` schedule).
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from mof.train.checkpoint import (
     set_rng_state,
 )
 from mof.train.config import TrainConfig, save_train_config
-from mof.train.data import RawBatch, TrainStream, draw_phase, phase_seed
+from mof.train.data import PhaseDraw, RawBatch, TrainStream, draw_and_crop, phase_seed
 from mof.train.epoch_schedule import frame_lr_at, runs_frame_step
 from mof.train.evaluation import evaluate_run, is_better
 from mof.train.model_setup import (
@@ -94,6 +95,8 @@ class Trainer:
         self.progress_bar = progress_bar
         self.progress = Progress()
         self.store = self.io = self.journal = None
+        #: draws the next phase (captions, regular frames, crops) while this one computes
+        self.drawer = ThreadPoolExecutor(1, thread_name_prefix="phase-draw")
         self.log: RunLog | None = None
         self.last_metrics: dict[str, float] = {}
 
@@ -210,19 +213,37 @@ class Trainer:
             self.log.add_row(row)  # one row per evaluation (per epoch without --test)
         self.save_checkpoint()
 
-    def _batches(self):
-        """This stage's remaining batches with their store rows prefetched one batch ahead."""
+    def _batches(self, stage: str = "model"):
+        """This stage's remaining batches, each with its store rows and its draw, both
+        prepared in the background one batch ahead."""
         p = self.progress
         it = self.stream.epoch(p.epoch, skip=p.batch)
         batch = next(it, None)
+        index, step, steps = p.batch, p.step, int(stage == "model")
         pending = self.io.prefetch(self._rows(batch)) if self.io and batch else None
+        draw = self._draw_ahead(stage, batch, index, step) if batch is not None else None
         while dist_utils.all_reduce_min(int(batch is not None)):
             upcoming = next(it, None)
             state = self.io.get(pending) if pending is not None else None
             pending = (self.io.prefetch(self._rows(upcoming))
                        if self.io and upcoming is not None else None)
-            yield batch, state
-            batch = upcoming
+            following = (self._draw_ahead(stage, upcoming, index + 1, step + steps)
+                         if upcoming is not None else None)
+            yield batch, state, draw
+            batch, draw, index, step = upcoming, following, index + 1, step + steps
+
+    def _draw_ahead(self, stage: str, batch: RawBatch, index: int, step: int
+                    ) -> Future[PhaseDraw]:
+        """Start the draw of batch ``index`` of ``stage`` (model-level step ``step``): a pure
+        function of the batch and ``(seed, epoch, index, rank)``, so it may run early."""
+        cfg = self.cfg
+        regular = stage == "frames" or runs_frame_step(cfg, step)
+        return self.drawer.submit(
+            draw_and_crop, batch, self.model, num_frames=cfg.num_frames,
+            seed=phase_seed(cfg.seed, self.progress.epoch, index, self.dist.rank,
+                            stream=int(stage == "frames")),
+            regular_frames=cfg.regular_frames if regular else None, augment=cfg.augment,
+            crop_scale=cfg.crop_scale, device=self.device, need_uniform=not cfg.mof)
 
     def _rows(self, batch: RawBatch) -> np.ndarray:
         return self.store.row_of(batch.keys)
@@ -235,12 +256,12 @@ class Trainer:
                    total=self.steps_per_epoch,
                    disable=not (self.progress_bar and self.dist.is_main))
         tick = time.time()
-        for batch, state in self._batches():
+        for batch, state, draw in self._batches(stage):
             if stage == "model":
-                postfix = self._phase(batch, state)
+                postfix = self._phase(batch, state, draw)
                 p.step += 1
             else:
-                postfix = self._frame_batch(batch, state)
+                postfix = self._frame_batch(batch, state, draw)
             p.batch += 1
             p.phase += 1
             now = time.time()
@@ -259,17 +280,14 @@ class Trainer:
         bar.close()
         return True
 
-    def _phase(self, batch: RawBatch, state: FrameRows | None) -> dict[str, float]:
+    def _phase(self, batch: RawBatch, state: FrameRows | None, draw: Future[PhaseDraw]
+               ) -> dict[str, float]:
         """One phase: model-level step, then (MOF, phase schedule) the frame-level step."""
         cfg, p = self.cfg, self.progress
         frame_step = runs_frame_step(cfg, p.step)
         if frame_step:
             self._journal(batch, state)
-        draw = draw_phase(
-            batch, self.model, seed=phase_seed(cfg.seed, p.epoch, p.batch, self.dist.rank),
-            num_frames=cfg.num_frames, regular_frames=cfg.regular_frames if frame_step else None,
-            augment=cfg.augment, crop_scale=cfg.crop_scale, device=self.device,
-            need_uniform=not cfg.mof)
+        draw = draw.result()
         frames = (torch.from_numpy(state.frames).to(self.device) if cfg.mof
                   else draw.frames_uniform)
         keep = None
@@ -287,17 +305,14 @@ class Trainer:
             stats.update(self._frame_update(batch, state, draw, lr=cfg.frame_lr, shared=shared))
         return stats
 
-    def _frame_batch(self, batch: RawBatch, state: FrameRows) -> dict[str, float]:
+    def _frame_batch(self, batch: RawBatch, state: FrameRows, draw: Future[PhaseDraw]
+                     ) -> dict[str, float]:
         """A batch of the ``frames`` stage (epoch schedule): Θ fixed, eval mode, α = 1."""
         cfg, p = self.cfg, self.progress
         self._journal(batch, state)
-        draw = draw_phase(
-            batch, self.model,
-            seed=phase_seed(cfg.seed, p.epoch, p.batch, self.dist.rank, stream=1),
-            num_frames=cfg.num_frames, regular_frames=cfg.regular_frames, augment=cfg.augment,
-            crop_scale=cfg.crop_scale, device=self.device, need_uniform=False)
         self.model.eval()
-        return self._frame_update(batch, state, draw, lr=frame_lr_at(cfg, p.frame_epochs))
+        return self._frame_update(batch, state, draw.result(),
+                                  lr=frame_lr_at(cfg, p.frame_epochs))
 
     def _journal(self, batch: RawBatch, state: FrameRows) -> None:
         """Start saving the pre-images of the batch's rows; it overlaps the phase's compute
@@ -305,7 +320,7 @@ class Trainer:
         self.journal.record_in_background(self.progress.phase, self._rows(batch), {
             n: getattr(state, n) for n in ("frames", "exp_avg", "exp_avg_sq", "step")})
 
-    def _frame_update(self, batch: RawBatch, state: FrameRows, draw, lr: float,
+    def _frame_update(self, batch: RawBatch, state: FrameRows, draw: PhaseDraw, lr: float,
                       shared: SharedPass | None = None) -> dict[str, float]:
         cfg, p = self.cfg, self.progress
         dev = self.device
@@ -317,7 +332,8 @@ class Trainer:
             new, stats = frame_level_update(
                 self.model, current, draw.frames_regular, draw.text, draw.augment,
                 alpha=cfg.alpha, mode=cfg.meta_grad, fd_step=cfg.fd_step,
-                fd_scheme=cfg.fd_scheme, shared=shared, lr=lr,
+                fd_scheme=cfg.fd_scheme, shared=shared,
+                regular_augmented=draw.regular_augmented, lr=lr,
                 betas=cfg.resolved_frame_betas, seed=draw.torch_seed, amp=self.amp)
         finally:
             self.model.set_attention("fused")
@@ -394,6 +410,7 @@ class Trainer:
 
     def cleanup(self) -> None:
         """Stop the store's I/O threads, close logs, leave the process group."""
+        self.drawer.shutdown(wait=True)
         if self.journal is not None:
             self.journal.close()
         if self.io is not None:
