@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -41,11 +42,13 @@ if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are never evaluated here
 
 __all__ = [
     "EXPECTABLE",
+    "FIELDS",
     "FRAME_STORE_FORMAT_VERSION",
     "FrameRows",
     "FrameStore",
     "FrameStoreMismatchError",
     "bytes_per_video",
+    "check_fields",
     "sweep_partial_files",
 ]
 
@@ -53,6 +56,8 @@ __all__ = [
 FRAME_STORE_FORMAT_VERSION = 1
 
 _STATE_ARRAYS = ("frames", "exp_avg", "exp_avg_sq")
+#: What a row holds; ``FrameStore.read(rows, fields=...)`` reads a subset.
+FIELDS = (*_STATE_ARRAYS, "step")
 _DTYPES = ("float16", "float32")
 _COMPRESSIONS = ("blosc-lz4", "blosc-zstd")
 #: Attributes a run may pin with ``FrameStore.open(..., expect=...)``.
@@ -67,28 +72,32 @@ class FrameStoreMismatchError(ValueError):
 class FrameRows:
     """The state of ``n`` videos as read from or written to the store.
 
+    A read of some :data:`FIELDS` only (``FrameStore.read(rows, fields=("frames",))``) leaves
+    the others ``None``; a write needs all four.
+
     Attributes:
         frames: float32 ``(n, U, 3, H, W)`` learnable frames in the model's normalised space.
-        exp_avg: float32 ``(n, U, 3, H, W)`` Adam first moment.
-        exp_avg_sq: float32 ``(n, U, 3, H, W)`` Adam second moment.
-        step: int64 ``(n,)`` Adam steps taken by each video (-1: never initialised).
+        exp_avg: float32 ``(n, U, 3, H, W)`` Adam first moment, or ``None`` (not read).
+        exp_avg_sq: float32 ``(n, U, 3, H, W)`` Adam second moment, or ``None`` (not read).
+        step: int64 ``(n,)`` Adam steps taken by each video (-1: never initialised), or
+            ``None`` (not read).
     """
 
     frames: np.ndarray
-    exp_avg: np.ndarray
-    exp_avg_sq: np.ndarray
-    step: np.ndarray
+    exp_avg: np.ndarray | None = None
+    exp_avg_sq: np.ndarray | None = None
+    step: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         shape = np.shape(self.frames)
         problems = [
             f"{name} has shape {np.shape(getattr(self, name))}, frames has {shape}"
             for name in ("exp_avg", "exp_avg_sq")
-            if np.shape(getattr(self, name)) != shape
+            if getattr(self, name) is not None and np.shape(getattr(self, name)) != shape
         ]
         if len(shape) != 5 or shape[2] != 3:
             problems.append(f"frames must be (n, U, 3, H, W), got shape {shape}")
-        elif np.shape(self.step) != shape[:1]:
+        elif self.step is not None and np.shape(self.step) != shape[:1]:
             problems.append(f"step has shape {np.shape(self.step)}, expected {shape[:1]}")
         if problems:
             raise ValueError("invalid FrameRows: " + "; ".join(problems))
@@ -96,12 +105,27 @@ class FrameRows:
     def __len__(self) -> int:
         return len(self.frames)
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The fields this object holds (in :data:`FIELDS` order)."""
+        return tuple(name for name in FIELDS if getattr(self, name) is not None)
+
     def take(self, index: Sequence[int] | np.ndarray) -> FrameRows:
         """The rows at positions ``index`` of this batch (positions, not store rows)."""
         index = np.asarray(index, dtype=np.int64)
-        return FrameRows(
-            self.frames[index], self.exp_avg[index], self.exp_avg_sq[index], self.step[index]
-        )
+        return FrameRows(**{name: getattr(self, name)[index] for name in self.fields})
+
+
+def check_fields(fields: Sequence[str]) -> tuple[str, ...]:
+    """Validate a ``fields=`` selection; returns it in :data:`FIELDS` order.
+
+    Raises:
+        ValueError: not a subset of :data:`FIELDS` that holds ``frames`` (every
+            :class:`FrameRows` has its frames).
+    """
+    if isinstance(fields, str) or "frames" not in fields or set(fields) - set(FIELDS):
+        raise ValueError(f"fields must be a subset of {FIELDS} with 'frames', got {fields!r}")
+    return tuple(name for name in FIELDS if name in fields)
 
 
 def bytes_per_video(
@@ -177,7 +201,10 @@ class FrameStore:
         self._group = group
         self.path = path
         self.mode = mode
-        self._arrays = {name: group[name] for name in (*_STATE_ARRAYS, "step")}
+        self._arrays = {name: group[name] for name in FIELDS}
+        #: Chunks read per array since the store was opened (one chunk = one video's row).
+        self.chunks_read = dict.fromkeys(FIELDS, 0)
+        self._count_lock = threading.Lock()  # reads may run on several threads
         self._video_ids: list[str] | None = None
         self._row_map: dict[str, int] | None = None
 
@@ -391,27 +418,50 @@ class FrameStore:
 
     # -- rows ---------------------------------------------------------------------------------
 
-    def read(self, rows: Sequence[int] | np.ndarray, *, allow_uninitialised: bool = False
-             ) -> FrameRows:
-        """Read the state of ``rows`` (in the given order) as float32 / int64.
+    def read(self, rows: Sequence[int] | np.ndarray, *, fields: Sequence[str] = FIELDS,
+             allow_uninitialised: bool = False) -> FrameRows:
+        """Read ``fields`` of ``rows`` (in the given order) as float32 / int64.
+
+        Only the chunks of the named arrays are read: a phase without a frame-level step
+        needs the frames alone, not the Adam state (3x their bytes with float16 frames).
+
+        Args:
+            rows: store rows.
+            fields: the arrays to read (a subset of :data:`FIELDS`); the others are ``None``
+                in the result.
+            allow_uninitialised: return never-initialised rows (zeros, step -1) instead of
+                raising.
 
         Raises:
-            IndexError, ValueError: rows out of range or duplicated.
+            IndexError, ValueError: rows out of range or duplicated; unknown fields.
             ValueError: a row was never initialised (unless ``allow_uninitialised``).
         """
         rows = _as_rows(rows, self.num_videos)
-        # Row by row with basic indexing: several times faster than oindex in zarr 3.1.
-        step = np.asarray([self._arrays["step"][r] for r in rows], dtype=np.int64)
-        if not allow_uninitialised and (step < 0).any():
-            bad = rows[step < 0]
+        fields = check_fields(fields)
+        step = None
+        if "step" in fields:
+            # Row by row with basic indexing: several times faster than oindex in zarr 3.1.
+            step = np.asarray([self._arrays["step"][r] for r in rows], dtype=np.int64)
+            initialised = step >= 0
+        elif not allow_uninitialised:
+            # Without reading the step chunks: a row is initialised once its step chunk exists.
+            chunks = self.path / "step" / "c"
+            initialised = np.asarray([(chunks / str(r)).is_file() for r in rows.tolist()],
+                                     dtype=bool)
+        if not allow_uninitialised and not initialised.all():
+            bad = rows[~initialised]
             ids = [self.video_ids[i] for i in bad[:10]]
             raise ValueError(f"frame store {self.path}: rows {bad.tolist()[:10]} (videos {ids}) "
                              "were never initialised")
         shape = (len(rows), *self._arrays["frames"].shape[1:])
-        state = {name: np.empty(shape, dtype=np.float32) for name in _STATE_ARRAYS}
-        for name in _STATE_ARRAYS:
+        state = {}
+        for name in (f for f in fields if f != "step"):
+            state[name] = np.empty(shape, dtype=np.float32)
             for j, row in enumerate(rows):
                 state[name][j] = self._arrays[name][row]
+        with self._count_lock:
+            for name in fields:
+                self.chunks_read[name] += len(rows)
         return FrameRows(step=step, **state)
 
     def write(self, rows: Sequence[int] | np.ndarray, data: FrameRows) -> None:
@@ -422,9 +472,12 @@ class FrameStore:
         leaves a row whose step count lags its frames by one update, never a torn chunk.
 
         Raises:
-            ValueError: shapes that do not fit the store, or non-finite frames (named by row).
+            ValueError: shapes that do not fit the store, non-finite frames (named by row), or
+                ``data`` without every field.
         """
         self._require_writable()
+        if data.fields != FIELDS:
+            raise ValueError(f"a write needs every field {FIELDS}, got only {data.fields}")
         rows = _as_rows(rows, self.num_videos)
         expected = (len(rows), *self._arrays["frames"].shape[1:])
         if data.frames.shape != expected:

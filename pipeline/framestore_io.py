@@ -24,13 +24,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.framestore import FrameRows, FrameStore
+from pipeline.framestore import FIELDS, FrameRows, FrameStore, check_fields
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are never evaluated here
     from typing import Self
@@ -44,11 +45,13 @@ class PendingRead:
 
     Attributes:
         rows: the store rows, in the order the result will have.
+        fields: the arrays being read (the others are ``None`` in the result).
         seq: the number of writes submitted before the prefetch (for staleness checks).
         future: the background read.
     """
 
     rows: np.ndarray
+    fields: tuple[str, ...]
     seq: int
     future: Future
 
@@ -90,15 +93,17 @@ class AsyncFrameIO:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def prefetch(self, rows) -> PendingRead:
-        """Start reading ``rows`` in the background; it waits for pending writes of them."""
+    def prefetch(self, rows, fields: Sequence[str] = FIELDS) -> PendingRead:
+        """Start reading ``fields`` of ``rows`` in the background (after pending writes of
+        them); a phase with no frame-level step needs only ``("frames",)``."""
         self._raise_background_error()
         rows = np.asarray(rows, dtype=np.int64)
+        fields = check_fields(fields)
         with self._lock:
             seq = self._seq
             deps = [self._last_write[r][1] for r in rows.tolist() if r in self._last_write]
-        future = self._reader.submit(self._read_after, rows, deps)
-        return PendingRead(rows, seq, future)
+        future = self._reader.submit(self._read_after, rows, fields, deps)
+        return PendingRead(rows, fields, seq, future)
 
     def get(self, pending: PendingRead) -> FrameRows:
         """The rows of a prefetch, patched with any write of them submitted after it began."""
@@ -110,18 +115,19 @@ class AsyncFrameIO:
             wait([future for _, future in newer])
             self._raise_background_error()
             index = np.asarray([j for j, _ in newer], dtype=np.int64)
-            fresh = self.store.read(pending.rows[index])
-            for name in ("frames", "exp_avg", "exp_avg_sq", "step"):
+            fresh = self.store.read(pending.rows[index], fields=pending.fields)
+            for name in pending.fields:
                 getattr(data, name)[index] = getattr(fresh, name)
         return data
 
-    def read(self, rows) -> FrameRows:
-        """Read ``rows`` now (after their pending writes)."""
-        return self.get(self.prefetch(rows))
+    def read(self, rows, fields: Sequence[str] = FIELDS) -> FrameRows:
+        """Read ``fields`` of ``rows`` now (after their pending writes)."""
+        return self.get(self.prefetch(rows, fields))
 
-    def _read_after(self, rows: np.ndarray, deps: list[Future]) -> FrameRows:
+    def _read_after(self, rows: np.ndarray, fields: tuple[str, ...], deps: list[Future]
+                    ) -> FrameRows:
         wait(deps)
-        return self.store.read(rows)
+        return self.store.read(rows, fields=fields)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -131,9 +137,10 @@ class AsyncFrameIO:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) != len(data):
             raise ValueError(f"{len(rows)} rows but {len(data)} rows of data")
+        if data.fields != FIELDS:
+            raise ValueError(f"a write needs every field {FIELDS}, got only {data.fields}")
         if self.copy:
-            data = FrameRows(*(np.array(getattr(data, name)) for name in
-                               ("frames", "exp_avg", "exp_avg_sq", "step")))
+            data = FrameRows(*(np.array(getattr(data, name)) for name in FIELDS))
         while len(self._pending) >= self.max_pending_writes:
             wait([self._pending[0][1]])
             self._raise_background_error()

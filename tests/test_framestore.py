@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,8 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
+import zarr.storage
 
 from pipeline.framestore import (
+    FIELDS,
     FrameRows,
     FrameStore,
     FrameStoreMismatchError,
@@ -90,6 +95,35 @@ def test_uninitialised_rows_are_detected(tmp_path):
     store.set_last_phase(12)
     reopened = FrameStore.open(tmp_path / "mof.zarr", "r")
     assert (reopened.attrs["initialised_rows"], reopened.last_phase) == (2, 12)
+
+
+def test_read_of_some_fields_gets_only_their_chunks(tmp_path, caplog):
+    path = tmp_path / "mof.zarr"
+    _create(path, n=6).init_rows(np.arange(5), np.ones((5, U, 3, H, H), np.float32))
+    # The same store through zarr's LoggingStore, which logs every key it gets from disk.
+    logged = zarr.storage.LoggingStore(zarr.storage.LocalStore(path, read_only=True))
+    store = FrameStore(zarr.open_group(logged, mode="r"), path, "r")
+    full = store.read([4, 1])
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        frames_only = store.read([4, 1, 3], fields=["frames"])
+    got = re.findall(r"Calling LocalStore\.get\((\S+)\)", caplog.text)
+    assert sorted(got) == [f"frames/c/{r}/0/0/0/0" for r in (1, 3, 4)]
+    assert frames_only.fields == ("frames",) and frames_only.step is None
+    np.testing.assert_array_equal(frames_only.frames[:2], full.frames)
+    assert store.chunks_read == {"frames": 5, "exp_avg": 2, "exp_avg_sq": 2, "step": 2}
+    # Uninitialised rows are still refused, from the step chunks' presence alone.
+    with pytest.raises(ValueError, match=r"rows \[5\]"):
+        store.read([0, 5], fields=("frames",))
+    assert store.read([5], fields=("frames",), allow_uninitialised=True).frames.max() == 0
+    for bad in ((), ("exp_avg",), ("frames", "momentum"), "frames"):
+        with pytest.raises(ValueError, match="fields must be"):
+            store.read([0], fields=bad)
+    writable = FrameStore.open(path, "r+")
+    with pytest.raises(ValueError, match="a write needs every field"):
+        writable.write([4], frames_only.take([0]))
+    with AsyncFrameIO(writable) as io, pytest.raises(ValueError, match="every field"):
+        io.write([4], frames_only.take([0]))
 
 
 def test_open_lists_every_mismatch(tmp_path):
@@ -177,15 +211,18 @@ def test_async_io_reads_see_pending_writes(tmp_path):
         for op in range(150):
             rows = rng.choice(n, size=3, replace=False)
             action = rng.integers(3)
-            if action == 0:
-                pending.append(io.prefetch(rows))
+            if action == 0:  # every other prefetch reads the frames alone
+                pending.append(io.prefetch(rows, FIELDS if op % 2 else ["frames"]))
             elif action == 1 and pending:
                 handle = pending.pop(0)
                 patched += any(latest[r] != 0.0 for r in handle.rows.tolist())
                 got = io.get(handle)
                 expected = [latest[r] for r in handle.rows.tolist()]
                 assert got.frames[:, 0, 0, 0, 0].tolist() == expected
-                assert got.step.tolist() == [int(v) for v in expected]
+                if handle.fields == FIELDS:
+                    assert got.step.tolist() == [int(v) for v in expected]
+                else:
+                    assert got.fields == ("frames",)
                 checked += 1
             else:
                 for r in rows.tolist():

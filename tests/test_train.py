@@ -162,12 +162,20 @@ def test_epoch_schedule_steps_every_video_once_per_epoch(train_data, tmp_path):
     assert store.last_phase == 2 * TRAIN_VIDEOS // 4  # a model pass and a frame pass
 
 
-def test_frame_step_every_k_skips_batches(train_data, tmp_path):
+def test_frame_step_every_k_skips_batches_and_their_adam_state(train_data, tmp_path):
     run = tmp_path / "every2"
-    train(tiny_config(train_data, run, frame_step_every=2), progress=False)
+    trainer = Trainer(tiny_config(train_data, run, frame_step_every=2), progress_bar=False)
+    try:
+        trainer.setup()
+        trainer.train()
+        chunks_read = dict(trainer.store.chunks_read)
+    finally:
+        trainer.cleanup()
     _, rows = read_store(run)
     # Batches 0 and 2 of the 3 take a frame-level step; batch 1 does not.
     assert sorted(rows.step.tolist()) == [0] * 4 + [1] * 8
+    # Batch 1 read the frames of its 4 videos and none of their Adam state.
+    assert chunks_read == {"frames": 12, "exp_avg": 8, "exp_avg_sq": 8, "step": 8}
 
 
 def test_config_reports_every_problem_at_once():

@@ -37,10 +37,11 @@ def run_state(run: Path) -> dict[str, np.ndarray]:
     return state
 
 
-def assert_same_state(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+def assert_same_state(got: dict[str, np.ndarray], want: dict[str, np.ndarray],
+                      atol: float = 1e-6) -> None:
     assert got.keys() == want.keys()
     for name, value in want.items():
-        np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(got[name], value, rtol=0, atol=atol, err_msg=name)
     assert not np.array_equal(want["store.frames"], np.zeros_like(want["store.frames"]))
 
 
@@ -60,6 +61,20 @@ def test_stop_and_resume_matches_uninterrupted(train_data, tmp_path, uninterrupt
                     progress=False)
     assert resumed["steps"] == 3 * EPOCHS
     assert_same_state(run_state(run), uninterrupted)
+
+
+def test_resume_with_frame_step_every_2_matches_uninterrupted(train_data, tmp_path):
+    # Steps 0, 2, 4 take a frame-level step; the run stops after step 4 and resumes at step 5,
+    # a phase that reads the frames alone and writes nothing.
+    whole, run = tmp_path / "whole", tmp_path / "stopped"
+    train(tiny_config(train_data, whole, epochs=EPOCHS, frame_step_every=2), progress=False)
+    first = train(tiny_config(train_data, run, epochs=EPOCHS, frame_step_every=2, max_steps=5),
+                  progress=False)
+    assert first["steps"] == 5
+    train(load_train_config(None, {"resume": str(run), "max_steps": None}), progress=False)
+    want = run_state(whole)
+    assert want["store.step"].sum() == 3 * 4  # 3 of the 6 batches of 4 videos stepped
+    assert_same_state(run_state(run), want, atol=0)  # bit-identical
 
 
 def _journal_entries(run: Path, after_generation: int) -> list[Path]:

@@ -50,8 +50,8 @@ from mof.train.phases import (
 )
 from mof.train.run_log import RunLog, format_summary
 from mof.train.store_setup import init_store_rows, open_frame_store, scan_train_shards
-from pipeline.framestore import FrameRows
-from pipeline.framestore_io import AsyncFrameIO
+from pipeline.framestore import FIELDS, FrameRows
+from pipeline.framestore_io import AsyncFrameIO, PendingRead
 from pipeline.reader import resolve_shards
 
 __all__ = ["Progress", "Trainer"]
@@ -220,13 +220,12 @@ class Trainer:
         it = self.stream.epoch(p.epoch, skip=p.batch)
         batch = next(it, None)
         index, step, steps = p.batch, p.step, int(stage == "model")
-        pending = self.io.prefetch(self._rows(batch)) if self.io and batch else None
+        pending = self._prefetch(stage, batch, step)
         draw = self._draw_ahead(stage, batch, index, step) if batch is not None else None
         while dist_utils.all_reduce_min(int(batch is not None)):
             upcoming = next(it, None)
             state = self.io.get(pending) if pending is not None else None
-            pending = (self.io.prefetch(self._rows(upcoming))
-                       if self.io and upcoming is not None else None)
+            pending = self._prefetch(stage, upcoming, step + steps)
             following = (self._draw_ahead(stage, upcoming, index + 1, step + steps)
                          if upcoming is not None else None)
             yield batch, state, draw
@@ -244,6 +243,14 @@ class Trainer:
                             stream=int(stage == "frames")),
             regular_frames=cfg.regular_frames if regular else None, augment=cfg.augment,
             crop_scale=cfg.crop_scale, device=self.device, need_uniform=not cfg.mof)
+
+    def _prefetch(self, stage: str, batch: RawBatch | None, step: int) -> PendingRead | None:
+        """Start reading the store rows of a batch: all of them for a frame-level step, the
+        frames alone for a phase that only trains the model on them (it writes nothing)."""
+        if self.io is None or batch is None:
+            return None
+        frame_step = stage == "frames" or runs_frame_step(self.cfg, step)
+        return self.io.prefetch(self._rows(batch), FIELDS if frame_step else ("frames",))
 
     def _rows(self, batch: RawBatch) -> np.ndarray:
         return self.store.row_of(batch.keys)
@@ -282,7 +289,9 @@ class Trainer:
 
     def _phase(self, batch: RawBatch, state: FrameRows | None, draw: Future[PhaseDraw]
                ) -> dict[str, float]:
-        """One phase: model-level step, then (MOF, phase schedule) the frame-level step."""
+        """One phase: model-level step, then (MOF, phase schedule) the frame-level step.
+
+        Without a frame-level step ``state`` holds the frames alone and nothing is written."""
         cfg, p = self.cfg, self.progress
         frame_step = runs_frame_step(cfg, p.step)
         if frame_step:
@@ -318,14 +327,13 @@ class Trainer:
         """Start saving the pre-images of the batch's rows; it overlaps the phase's compute
         and is joined in :meth:`_frame_update` before the rows are written back."""
         self.journal.record_in_background(self.progress.phase, self._rows(batch), {
-            n: getattr(state, n) for n in ("frames", "exp_avg", "exp_avg_sq", "step")})
+            n: getattr(state, n) for n in FIELDS})
 
     def _frame_update(self, batch: RawBatch, state: FrameRows, draw: PhaseDraw, lr: float,
                       shared: SharedPass | None = None) -> dict[str, float]:
         cfg, p = self.cfg, self.progress
         dev = self.device
-        current = FrameState(*(torch.from_numpy(getattr(state, n)).to(dev)
-                               for n in ("frames", "exp_avg", "exp_avg_sq", "step")))
+        current = FrameState(*(torch.from_numpy(getattr(state, n)).to(dev) for n in FIELDS))
         if cfg.meta_grad == "exact":
             self.model.set_attention("math")  # fused kernels have no double backward
         try:
@@ -338,8 +346,8 @@ class Trainer:
         finally:
             self.model.set_attention("fused")
         self.journal.wait()  # the pre-images are durable before any row is overwritten
-        self.io.write(self._rows(batch), FrameRows(*(getattr(new, n).detach().cpu().numpy() for n in
-                                        ("frames", "exp_avg", "exp_avg_sq", "step"))))
+        self.io.write(self._rows(batch),
+                      FrameRows(*(getattr(new, n).detach().cpu().numpy() for n in FIELDS)))
         p.frame_loss_sum, p.frame_count = p.frame_loss_sum + stats["outer_loss"], p.frame_count + 1
         return {"frame_loss": stats["outer_loss"], "meta_grad": stats["meta_grad_norm"]}
 
