@@ -26,18 +26,32 @@ dict (see :func:`make_loss_fn`); they never modify ``params`` or a module, so ev
 is undone by construction. Dropout: pass ``seed`` and every pass on the learnable frames runs
 with the same random stream (``torch.random.fork_rng`` + a manual seed, see :func:`rng_scope`),
 so the differences and the unrolled step see one and the same function of Θ and ε.
+
+The single passes the estimators combine (inner gradient, outer pass, ε-gradient, the pure loss
+function, the seed scope) are in :mod:`mof.bilevel_passes`; the public ones are importable here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from mof.bilevel_passes import (
+    InnerGrad,
+    LossFn,
+    frames_gradient,
+    inner_gradient,
+    make_loss_fn,
+    norm_of,
+    outer_pass,
+    param_leaves,
+    rng_scope,
+    sgd_step,
+)
 
 __all__ = [
     "InnerGrad",
@@ -54,23 +68,6 @@ __all__ = [
 
 MetaGradMode = Literal["exact", "finite-diff", "first-order"]
 FDScheme = Literal["central", "forward"]
-#: ``loss_fn(params, video)``: params a dict name → tensor, video ``(B, T, 3, H, W)``; a scalar.
-LossFn = Callable[[dict[str, Tensor], Tensor], Tensor]
-
-
-@dataclass
-class InnerGrad:
-    """Gradients of the inner loss L_c(Θ; ε) at one Θ and ε, from one forward-backward.
-
-    Attributes:
-        params: ∇_Θ L_c(Θ; ε), a dict like ``params`` (zeros for unused parameters).
-        frames: ∇_ε L_c(Θ; ε) ``(B, U, 3, H, W)``, or ``None`` when not asked for.
-        loss: L_c(Θ; ε), detached scalar.
-    """
-
-    params: dict[str, Tensor]
-    frames: Tensor | None
-    loss: Tensor
 
 
 @dataclass
@@ -91,108 +88,13 @@ class MetaGradResult:
     stats: dict[str, Tensor] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def rng_scope(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Run a block with the global RNG of ``device`` (and the CPU) seeded, then restore it.
-
-    ``None`` does nothing. Passes run in ``rng_scope(s)`` with the same ``s`` draw the same
-    dropout masks wherever the shapes agree, and the caller's random stream is left untouched.
-    """
-    if seed is None:
-        yield
-        return
-    device = torch.device(device)
-    cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-        torch.random.default_generator.manual_seed(seed)
-        if cuda:
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
-        yield
-
-
-def _norm(tensors) -> Tensor:
-    """The L2 norm of a list of tensors taken as one vector (0-d; float32 for half inputs)."""
-    # Accumulate half-precision tensors in float32 without materialising a float32 copy.
-    norms = [torch.linalg.vector_norm(
-        t.detach(), dtype=torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None)
-        for t in tensors]
-    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
-
-
-def _leaves(params: dict[str, Tensor]) -> dict[str, Tensor]:
-    # detach() shares storage without copying; the caller's tensors are never written to.
-    return {name: p.detach().requires_grad_(True) for name, p in params.items()}
-
-
-def _grads(loss: Tensor, inputs: list[Tensor], **kw) -> list[Tensor]:
-    """``autograd.grad`` with zeros (not ``None``) for inputs the loss does not use."""
-    out = torch.autograd.grad(loss, inputs, allow_unused=True, **kw)
-    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, out, strict=True)]
-
-
-def sgd_step(params: dict[str, Tensor], grads: dict[str, Tensor], alpha: float
-             ) -> dict[str, Tensor]:
-    """Θ − α g, out of place (differentiable when the gradients are)."""
-    return {name: p - alpha * grads[name] for name, p in params.items()}
-
-
-def inner_gradient(
-    loss_fn: LossFn,
-    params: dict[str, Tensor],
-    frames: Tensor,
-    *,
-    frames_grad: bool = True,
-    seed: int | None = None,
-) -> InnerGrad:
-    """∇_Θ and ∇_ε of L_c(Θ; ε) from one forward-backward (no graph kept).
-
-    The model-level step computes exactly this pass; a trainer that evaluates it at the Θ the
-    frame-level step starts from can hand it to :func:`meta_gradient` as ``shared_inner_grad``.
-
-    Args:
-        loss_fn: the loss as a function of a parameter dict and a video batch.
-        params: Θ, name → tensor.
-        frames: ε ``(B, U, 3, H, W)``.
-        frames_grad: also return ∇_ε (a backward to the input costs little more).
-        seed: dropout seed (see :func:`rng_scope`).
-    """
-    theta = _leaves(params)
-    eps = frames.detach().requires_grad_(frames_grad)
-    with rng_scope(seed, frames.device):
-        loss = loss_fn(theta, eps)
-    inputs = list(theta.values()) + ([eps] if frames_grad else [])
-    grads = _grads(loss, inputs)
-    names = list(theta)
-    return InnerGrad(dict(zip(names, grads[: len(names)], strict=True)),
-                     grads[-1] if frames_grad else None, loss.detach())
-
-
-def _frames_grad(loss_fn: LossFn, params: dict[str, Tensor], frames: Tensor, seed: int | None
-                 ) -> Tensor:
-    """∇_ε L_c(params; ε) with the parameters held constant."""
-    eps = frames.detach().requires_grad_(True)
-    with rng_scope(seed, frames.device):
-        loss = loss_fn({k: p.detach() for k, p in params.items()}, eps)
-    return _grads(loss, [eps])[0]
-
-
-def _outer(loss_fn: LossFn, params: dict[str, Tensor], frames_r: Tensor, seed: int | None
-           ) -> tuple[Tensor, dict[str, Tensor]]:
-    """L_c(Θ''; V^R) and v = ∇_Θ'' of it, Θ'' taken as constant leaves."""
-    theta2 = _leaves(params)
-    with rng_scope(None if seed is None else seed + 1, frames_r.device):
-        loss = loss_fn(theta2, frames_r)
-    return loss.detach(), dict(zip(theta2, _grads(loss, list(theta2.values())), strict=True))
-
-
 _DOUBLE_BACKWARD_HINT = ("\nThe exact meta-gradient needs double backward: select the math "
                          "attention path (model.set_attention('math')) or use mode='finite-diff'.")
 
 
 def _inner_graph(loss_fn, params, frames_u, seed):
     """L_c(Θ; ε) and ∇_Θ of it with the graph kept (differentiable in ε)."""
-    theta = _leaves(params)
+    theta = param_leaves(params)
     eps = frames_u.detach().requires_grad_(True)
     with rng_scope(seed, frames_u.device):
         inner = loss_fn(theta, eps)
@@ -214,7 +116,7 @@ def _exact(loss_fn, params, frames_u, frames_r, alpha, shared, seed) -> MetaGrad
         step = shared.params
     with torch.no_grad():
         theta2 = sgd_step({k: p.detach() for k, p in params.items()}, step, alpha)
-    outer_loss, v = _outer(loss_fn, theta2, frames_r, seed)
+    outer_loss, v = outer_pass(loss_fn, theta2, frames_r, seed)
     if shared is not None:
         # Outer pass first, inner graph built after it: the two graphs never coexist, so the
         # peak memory stays near one double-backward pass on U frames.
@@ -230,7 +132,7 @@ def _exact(loss_fn, params, frames_u, frames_r, alpha, shared, seed) -> MetaGrad
         except RuntimeError as err:
             raise RuntimeError(f"{err}{_DOUBLE_BACKWARD_HINT}") from err
     grad = torch.zeros_like(eps) if grad is None else grad
-    stats = {"v_norm": _norm(v.values()), "step_norm": _norm(step.values()) * alpha}
+    stats = {"v_norm": norm_of(v.values()), "step_norm": norm_of(step.values()) * alpha}
     return MetaGradResult(grad.detach(), outer_loss, inner_loss, stats)
 
 
@@ -243,9 +145,9 @@ def _finite_diff(loss_fn, params, frames_u, frames_r, alpha, fd_step, fd_scheme,
         raise ValueError("fd_scheme='forward' needs shared_inner_grad.frames (∇_ε at Θ)")
     with torch.no_grad():
         theta2 = sgd_step({k: p.detach() for k, p in params.items()}, shared.params, alpha)
-    outer_loss, v = _outer(loss_fn, theta2, frames_r, seed)
-    v_norm = _norm(v.values())
-    stats = {"v_norm": v_norm, "step_norm": _norm(shared.params.values()) * alpha}
+    outer_loss, v = outer_pass(loss_fn, theta2, frames_r, seed)
+    v_norm = norm_of(v.values())
+    stats = {"v_norm": v_norm, "step_norm": norm_of(shared.params.values()) * alpha}
     if v_norm.item() == 0.0:  # Θ'' is stationary on V^R: no direction to differentiate along
         grad = torch.zeros_like(frames_u)
         stats["xi"] = torch.zeros((), dtype=torch.float64)
@@ -254,14 +156,14 @@ def _finite_diff(loss_fn, params, frames_u, frames_r, alpha, fd_step, fd_scheme,
     stats["xi"] = torch.tensor(xi, dtype=torch.float64)
     with torch.no_grad():
         plus = {k: p.detach() + xi * v[k] for k, p in params.items()}
-    g_plus = _frames_grad(loss_fn, plus, frames_u, seed)
+    g_plus = frames_gradient(loss_fn, plus, frames_u, seed)
     del plus
     if forward:
         grad = (g_plus - shared.frames) * (-alpha / xi)
     else:
         with torch.no_grad():
             minus = {k: p.detach() - xi * v[k] for k, p in params.items()}
-        grad = (g_plus - _frames_grad(loss_fn, minus, frames_u, seed)) * (-alpha / (2 * xi))
+        grad = (g_plus - frames_gradient(loss_fn, minus, frames_u, seed)) * (-alpha / (2 * xi))
     return MetaGradResult(grad.detach(), outer_loss, shared.loss, stats)
 
 
@@ -272,8 +174,8 @@ def _first_order(loss_fn, params, frames_u, frames_r, alpha, shared, seed) -> Me
         theta2 = sgd_step({k: p.detach() for k, p in params.items()}, shared.params, alpha)
         with rng_scope(None if seed is None else seed + 1, frames_r.device):
             outer_loss = loss_fn(theta2, frames_r).detach()
-    grad = _frames_grad(loss_fn, theta2, frames_u, seed)
-    stats = {"step_norm": _norm(shared.params.values()) * alpha}
+    grad = frames_gradient(loss_fn, theta2, frames_u, seed)
+    stats = {"step_norm": norm_of(shared.params.values()) * alpha}
     return MetaGradResult(grad.detach(), outer_loss, shared.loss, stats)
 
 
@@ -342,7 +244,7 @@ def meta_gradient(
     else:
         result = _first_order(loss_fn, params, frames_u, frames_r, alpha, shared_inner_grad,
                               seed)
-    result.stats["grad_norm"] = _norm([result.grad])
+    result.stats["grad_norm"] = norm_of([result.grad])
     return result
 
 
@@ -396,28 +298,3 @@ def frame_adam_step(
     denom = exp_avg_sq.sqrt().div_(bc2_sqrt).add_(eps)
     update = exp_avg.mul(step_size).div_(denom)
     return frames - update, exp_avg, exp_avg_sq, step
-
-
-def make_loss_fn(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    criterion: Callable[[Tensor], Tensor],
-    video_mask: Tensor | None = None,
-) -> LossFn:
-    """The batch loss as a pure function of (params, video), for :func:`meta_gradient`.
-
-    ``criterion`` maps the model's ``(B, B)`` logits to the scalar loss (e.g.
-    ``lambda logits: contrastive_loss(logits, model.loss_reduction)``). Buffers are copied on
-    every call so that batch-norm running statistics of the module are not updated by the
-    extra passes of the frame-level step.
-    """
-
-    def loss_fn(params: dict[str, Tensor], video: Tensor) -> Tensor:
-        buffers = {name: b.clone() for name, b in model.named_buffers()}
-        logits = torch.func.functional_call(
-            model, {**buffers, **params}, (video, input_ids, attention_mask, video_mask)
-        )
-        return criterion(logits)
-
-    return loss_fn
