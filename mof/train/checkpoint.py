@@ -1,5 +1,8 @@
 """Checkpoints that resume exactly: model, optimiser, trainer state, and a consistent MOF store.
 
+The trainer state is the run's :class:`Progress` (its data position and running sums), the
+optimiser, the scheduler and the RNG.
+
 The store is written every phase, a checkpoint only now and then, so after a crash the store
 is ahead of the last checkpoint. The trainer keeps an **undo journal**: before a phase writes
 the rows of its batch back, it saves their previous contents (which it has just read anyway)
@@ -28,6 +31,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "Progress",
     "RowJournal",
     "commit_checkpoint",
     "find_checkpoint",
@@ -45,6 +50,35 @@ __all__ = [
 ]
 
 STATE_NAME = "trainer_state.pt"
+
+
+@dataclass
+class Progress:
+    """Where the run is (saved in ``trainer_state.pt``; the data position is epoch/stage/batch).
+
+    Attributes:
+        epoch: current epoch (0-based). stage: ``model`` or ``frames``.
+        batch: batches of the current stage already done.
+        step: model-level steps done. phase: batches done in any stage (journal order).
+        frame_epochs: completed ``frames`` stages (StepLR of the epoch schedule).
+        loss_sum, loss_count, frame_loss_sum, frame_count: the current epoch's running sums.
+        best, best_epoch: best value of ``metric`` so far and its epoch (1-based).
+        evaluated_step: step of the last evaluation.
+    """
+
+    epoch: int = 0
+    stage: str = "model"
+    batch: int = 0
+    step: int = 0
+    phase: int = 0
+    frame_epochs: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    frame_loss_sum: float = 0.0
+    frame_count: int = 0
+    best: float | None = None
+    best_epoch: int | None = None
+    evaluated_step: int = -1
 
 
 def rng_state() -> dict[str, Any]:

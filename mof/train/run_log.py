@@ -10,9 +10,13 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RunLog", "format_summary"]
+if TYPE_CHECKING:
+    from mof.train.checkpoint import Progress
+    from mof.train.config import TrainConfig
+
+__all__ = ["RunLog", "format_summary", "run_summary"]
 
 
 class RunLog:
@@ -79,3 +83,19 @@ def format_summary(summary: dict[str, Any]) -> str:
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
         lines.append(f"  {key:<{width}}  {text}")
     return "\n".join(lines)
+
+
+def run_summary(out: Path, cfg: TrainConfig, progress: Progress, last_metrics: dict[str, float],
+                seconds: float) -> dict[str, Any]:
+    """What the end of a run reports: mode, epochs, steps, wall time, the best and last metrics."""
+    p = progress
+    summary: dict[str, Any] = {
+        "run": str(out), "mode": f"MOF {cfg.frames}" if cfg.mof else
+        f"baseline {cfg.num_frames} frames", "epochs": p.epoch, "steps": p.step,
+        "wall time (s)": seconds,
+    }
+    if p.best is not None:
+        summary[f"best {cfg.metric}"] = p.best
+        summary["best epoch"] = p.best_epoch
+    summary.update({k: v for k, v in last_metrics.items() if k != "is_best"})
+    return summary

@@ -2,8 +2,8 @@
 
 The trainer only sequences: data draws (:mod:`mof.train.data`), the model-level and the
 frame-level step (:mod:`mof.train.phases`), store I/O (``pipeline.framestore``), the undo
-journal and checkpoints (:mod:`mof.train.checkpoint`), evaluation (:mod:`mof.evaluate`) and
-logging (:mod:`mof.train.run_log`). One *stage* is a pass over the epoch's batches: ``model``
+journal, checkpoints and the run's position (:mod:`mof.train.checkpoint`), evaluation
+(:mod:`mof.train.evaluation`) and logging and the summary (:mod:`mof.train.run_log`). One *stage* is a pass over the epoch's batches: ``model``
 (model-level steps, plus frame-level steps under the ``phase`` schedule) or ``frames`` (the
 second pass of the ``epoch`` schedule).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from tqdm import tqdm
 from mof.models.io import save_model
 from mof.train import distributed as dist_utils
 from mof.train.checkpoint import (
+    Progress,
     RowJournal,
     commit_checkpoint,
     find_checkpoint,
@@ -35,7 +36,7 @@ from mof.train.checkpoint import (
 from mof.train.config import TrainConfig, save_train_config
 from mof.train.data import PhaseDraw, RawBatch, TrainStream, draw_and_crop, phase_seed
 from mof.train.epoch_schedule import frame_lr_at, runs_frame_step
-from mof.train.evaluation import evaluate_run, is_better
+from mof.train.evaluation import evaluate_and_rank
 from mof.train.model_setup import (
     build_model,
     build_optimizer,
@@ -48,42 +49,13 @@ from mof.train.phases import (
     frame_level_update,
     model_level_step,
 )
-from mof.train.run_log import RunLog, format_summary
+from mof.train.run_log import RunLog, format_summary, run_summary
 from mof.train.store_setup import init_store_rows, open_frame_store, scan_train_shards
 from pipeline.framestore import FIELDS, FrameRows
 from pipeline.framestore_io import AsyncFrameIO, PendingRead
 from pipeline.reader import resolve_shards
 
 __all__ = ["Progress", "Trainer"]
-
-
-@dataclass
-class Progress:
-    """Where the run is (saved in ``trainer_state.pt``; the data position is epoch/stage/batch).
-
-    Attributes:
-        epoch: current epoch (0-based). stage: ``model`` or ``frames``.
-        batch: batches of the current stage already done.
-        step: model-level steps done. phase: batches done in any stage (journal order).
-        frame_epochs: completed ``frames`` stages (StepLR of the epoch schedule).
-        loss_sum, loss_count, frame_loss_sum, frame_count: the current epoch's running sums.
-        best, best_epoch: best value of ``metric`` so far and its epoch (1-based).
-        evaluated_step: step of the last evaluation.
-    """
-
-    epoch: int = 0
-    stage: str = "model"
-    batch: int = 0
-    step: int = 0
-    phase: int = 0
-    frame_epochs: int = 0
-    loss_sum: float = 0.0
-    loss_count: int = 0
-    frame_loss_sum: float = 0.0
-    frame_count: int = 0
-    best: float | None = None
-    best_epoch: int | None = None
-    evaluated_step: int = -1
 
 
 class Trainer:
@@ -358,17 +330,7 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         metrics: dict[str, float] = {}
         if self.dist.is_main:
-            metrics = evaluate_run(self.model, cfg.test, cfg.num_frames, cfg.eval_batch_size,
-                                   self.out / "eval" / f"step{p.step:07d}.json",
-                                   progress=self.progress_bar)
-            if cfg.metric not in metrics:
-                raise KeyError(f"--metric {cfg.metric!r} is not among the evaluation metrics "
-                               f"{sorted(metrics)}")
-            value = metrics[cfg.metric]
-            improved = p.best is None or is_better(cfg.metric, value, p.best)
-            if improved:
-                p.best, p.best_epoch = value, p.epoch
-            metrics["is_best"] = float(improved)
+            metrics = evaluate_and_rank(self.model, cfg, p, self.out, self.progress_bar)
         p.evaluated_step = p.step
         self.last_metrics = dist_utils.broadcast_object(metrics)
         dist_utils.barrier()
@@ -402,16 +364,7 @@ class Trainer:
                                        "rng": rng_state(), "config": self.cfg.to_dict()})
 
     def _summary(self, seconds: float) -> dict[str, Any]:
-        p, cfg = self.progress, self.cfg
-        summary: dict[str, Any] = {
-            "run": str(self.out), "mode": f"MOF {cfg.frames}" if cfg.mof else
-            f"baseline {cfg.num_frames} frames", "epochs": p.epoch, "steps": p.step,
-            "wall time (s)": seconds,
-        }
-        if p.best is not None:
-            summary[f"best {cfg.metric}"] = p.best
-            summary["best epoch"] = p.best_epoch
-        summary.update({k: v for k, v in self.last_metrics.items() if k != "is_best"})
+        summary = run_summary(self.out, self.cfg, self.progress, self.last_metrics, seconds)
         if self.dist.is_main and self.progress_bar:
             print("training finished\n" + format_summary(summary), flush=True)
         return summary
