@@ -64,6 +64,7 @@ bench: $(STAMP)  ## every benchmark, each printing its table (BENCH_ARGS=--quick
 	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_store_fullsize.py
 
 # Table IV knobs: GRID (cells, e.g. 1,4,8:4), EPOCHS, JOBS, ROOT (dataset root, required unless
 # DATASET=synthetic), TABLE4_ARGS (any other `mof-cli reproduce table4` option).
