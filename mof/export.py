@@ -357,7 +357,7 @@ def export_frames(config: ExportConfig) -> dict[str, Any]:
     videos = []
     for video_id, row in tqdm(list(zip(wanted, rows.tolist(), strict=True)), unit="video",
                               desc="export frames", disable=not config.progress):
-        state = store.read([row], allow_uninitialised=True)
+        state = store.read([row], fields=("frames", "step"), allow_uninitialised=True)
         if state.step[0] < 0:
             notes.append(f"{video_id}: row {row} not initialised yet, skipped")
             continue

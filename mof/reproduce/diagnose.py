@@ -65,7 +65,7 @@ def frame_drift(run: Path) -> dict[str, float]:
     total = peak = levels = 0.0
     count, steps = 0, []
     for sample, start in _initial_frames(run):
-        row = store.read(store.row_of([sample["key"]]))
+        row = store.read(store.row_of([sample["key"]]), fields=("frames", "step"))
         delta = torch.from_numpy(row.frames[0]) - start
         total += float(delta.abs().sum())
         levels += float((delta.abs() * std * 255).sum())
@@ -93,7 +93,7 @@ def _batch(run: Path, size: int, device: torch.device):
         if len(samples) == size:
             break
     rows = store.row_of([s["key"] for s in samples])
-    learned = torch.from_numpy(store.read(rows).frames)
+    learned = torch.from_numpy(store.read(rows, fields=("frames",)).frames)
     stored = len(samples[0]["frames"])
     contract_frames = np.stack([s["frames"][uniform_subset(stored, regular)] for s in samples])
     return ([s["meta"]["captions"][0] for s in samples], learned.to(device),
