@@ -16,7 +16,6 @@ writes is the old or the new one, whole.
 from __future__ import annotations
 
 import dataclasses
-import html
 import io
 import json
 import re
@@ -35,6 +34,13 @@ from mof.attention_overlay import (
     supports_attention,
     text_patch_attention,
 )
+from mof.export_render import (
+    denormalize,
+    index_html,
+    png_bytes,
+    render_grid,
+    write_pngs,
+)
 from mof.frames import to_model_input
 from mof.models.base import InputContract
 from pipeline.framestore import FrameRows, FrameStore
@@ -52,7 +58,6 @@ __all__ = ["DEFAULT_NUM", "ExportConfig", "denormalize", "export_frames", "forma
 
 #: Videos exported when neither ``ids`` nor ``num`` is given.
 DEFAULT_NUM = 4
-_LABEL_W, _PAD, _LINE_H = 132, 4, 14
 
 
 @dataclass
@@ -108,14 +113,6 @@ class ExportConfig:
             raise ValueError("invalid export config:\n  " + "\n  ".join(problems))
 
 
-def denormalize(frames: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
-    """Model-normalised float ``(..., 3, H, W)`` → uint8 RGB ``(..., H, W, 3)``, clipped."""
-    mean_a = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    std_a = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    pixels = (np.asarray(frames, dtype=np.float32) * std_a + mean_a) * 255.0
-    return np.moveaxis(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), -3, -1)
-
-
 def _find_samples(shards: list[str], wanted: list[str]) -> dict[str, dict[str, Any]]:
     """``{wanted id: {"key", "frames", "meta"}}``, matched by shard key or the json's video_id.
 
@@ -158,69 +155,6 @@ def _load_latest_model(run: Path, attempts: int = 5, wait_s: float = 0.5):
     return None, f"could not load the checkpoint: {error}"
 
 
-def _png(image: np.ndarray | Any) -> bytes:
-    from PIL import Image
-
-    pil = Image.fromarray(image) if isinstance(image, np.ndarray) else image
-    buffer = io.BytesIO()
-    pil.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _write_pngs(folder: Path, frames: np.ndarray, prefix: str = "") -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, frame in enumerate(frames):
-        path = folder / f"{prefix}{i:02d}.png"
-        atomic_write_bytes(path, _png(frame))
-        paths.append(str(path))
-    return paths
-
-
-def render_grid(rows: list[tuple[str, np.ndarray]], caption: list[str], columns: int,
-                cell: int) -> tuple[Any, list[list[list[int]]]]:
-    """Draw labelled rows of frames (Fig. 7) with a caption under them.
-
-    Args:
-        rows: ``(label, frames)`` with uint8 frames ``(T, H, W, 3)``; a row of more than
-            ``columns`` frames wraps onto further lines.
-        caption: text lines under the grid (shortened to fit).
-        columns: frames per line.
-        cell: side of each frame on the grid in pixels (nearest-neighbour scaling).
-
-    Returns:
-        The PIL image and, per row, the ``[left, top, right, bottom]`` box of each frame.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    cols = min(columns, max(len(frames) for _, frames in rows))
-    lines = [-(-len(frames) // columns) for _, frames in rows]
-    step = cell + _PAD
-    width = _LABEL_W + cols * step + _PAD
-    height = sum(lines) * step + _PAD + len(caption) * _LINE_H + _PAD
-    image = Image.new("RGB", (width, height), (255, 255, 255))
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
-    boxes: list[list[list[int]]] = []
-    top = _PAD
-    for (label, frames), count in zip(rows, lines, strict=True):
-        draw.text((_PAD, top + cell // 2 - 6), label, fill=(0, 0, 0), font=font)
-        boxes.append([])
-        for i, frame in enumerate(frames):
-            left, y = _LABEL_W + (i % columns) * step, top + (i // columns) * step
-            tile = Image.fromarray(frame)
-            if tile.size != (cell, cell):
-                tile = tile.resize((cell, cell), Image.Resampling.NEAREST)
-            image.paste(tile, (left, y))
-            boxes[-1].append([left, y, left + cell, y + cell])
-        top += count * step
-    for line in caption:
-        while len(line) > 4 and draw.textlength(line, font=font) > width - 2 * _PAD:
-            line = line[: len(line) - 4] + "..."
-        draw.text((_PAD, top), line, fill=(0, 0, 0), font=font)
-        top += _LINE_H
-    return image, boxes
-
-
 def _safe_name(video_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", video_id) or "_"
 
@@ -235,7 +169,7 @@ def _attention_rows(model, normalised: dict[str, np.ndarray], shown: dict[str, n
     rows, files = [], {}
     for name, label in (("uniform", "attention, init"), ("mof", "attention, MOF")):
         overlays = np.stack([overlay_attention(f, a) for f, a in zip(shown[name], maps[name])])
-        files[f"attention_{name}"] = _write_pngs(folder / "attention", overlays, f"{name}_")
+        files[f"attention_{name}"] = write_pngs(folder / "attention", overlays, f"{name}_")
         rows.append((f"attention_{name}", label, overlays))
     buffer = io.BytesIO()
     np.savez(buffer, **maps)
@@ -276,7 +210,7 @@ def _export_video(video_id: str, row: int, sample: dict[str, Any], state: FrameR
     }
     shown = {k: denormalize(v, attrs["mean"], attrs["std"]) for k, v in normalised.items()}
     folder = out / _safe_name(video_id)
-    files = {name: _write_pngs(folder / name, frames) for name, frames in shown.items()}
+    files = {name: write_pngs(folder / name, frames) for name, frames in shown.items()}
     rows = [("regular", f"regular (R={num_r})", shown["regular"]),
             ("uniform", f"uniform init (U={num_u})", shown["uniform"]),
             ("mof", f"MOF (U={num_u})", shown["mof"])]
@@ -294,7 +228,7 @@ def _export_video(video_id: str, row: int, sample: dict[str, Any], state: FrameR
         caption.append(f"attention ({ctx.checkpoint}): {ATTENTION_DEFINITION}")
     cell = int(attrs["H"]) * max(1, -(-96 // int(attrs["H"])))  # small frames scaled up
     image, boxes = render_grid([r[1:] for r in rows], caption, ctx.config.columns, cell)
-    atomic_write_bytes(folder / "grid.png", _png(image))
+    atomic_write_bytes(folder / "grid.png", png_bytes(image))
     files["grid"] = str(folder / "grid.png")
     if ctx.config.mp4:
         from pipeline.synth_render import encode_mp4
@@ -369,30 +303,8 @@ def export_frames(config: ExportConfig) -> dict[str, Any]:
                if model is not None else None,
                "videos": videos, "notes": notes, "config": dataclasses.asdict(config)}
     atomic_write_json(out / "summary.json", summary)
-    atomic_write_bytes(out / "index.html", _index_html(summary).encode())
+    atomic_write_bytes(out / "index.html", index_html(summary).encode())
     return summary
-
-
-def _index_html(summary: dict[str, Any]) -> str:
-    out = Path(summary["out"])
-    parts = [(f"<!doctype html><meta charset='utf-8'><title>MOF frames of "
-             f"{html.escape(summary['run'])}</title><body style='font-family:sans-serif'>"),
-             f"<h1>MOF frames: {html.escape(summary['run'])}</h1>",
-             (f"<p>store phase {summary['store_phase']}, R={summary['R']}, U={summary['U']}, "
-             f"{summary['H']}x{summary['W']} px</p>")]
-    for note in summary["notes"]:
-        parts.append(f"<p><em>{html.escape(note)}</em></p>")
-    for video in summary["videos"]:
-        grid = Path(video["files"]["grid"]).relative_to(out).as_posix()
-        files = [(f"{name} {i}" if isinstance(paths, list) else name, p)
-                 for name, paths in video["files"].items() if name != "grid"
-                 for i, p in enumerate(paths if isinstance(paths, list) else [paths])]
-        links = [f"<a href='{html.escape(Path(p).relative_to(out).as_posix())}'>"
-                 f"{html.escape(label)}</a>" for label, p in files]
-        parts.append(f"<h2>{html.escape(video['video_id'])}</h2>"
-                     f"<p>{html.escape(video['caption'])}</p><img src='{html.escape(grid)}'>"
-                     f"<p>{' '.join(links)}</p>")
-    return "\n".join(parts) + "\n</body>\n"
 
 
 def format_summary(summary: dict[str, Any]) -> str:
