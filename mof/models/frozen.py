@@ -36,8 +36,8 @@ from mof.models.text import (
 from mof.models.tokenizer import WordTokenizer
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "TINY_DEFAULTS", "FrozenConfig", "FrozenInTime", "frozen",
-    "frozen_tiny",
+    "IMAGENET_MEAN", "IMAGENET_STD", "TINY_DEFAULTS", "FrozenConfig", "FrozenInTime", "FrozenTextSide",
+    "frozen", "frozen_tiny",
 ]
 
 #: Frozen normalises with ImageNet statistics (even though its IN-21k ViT used 0.5/0.5).
@@ -100,7 +100,34 @@ class FrozenConfig:
             raise ValueError("invalid Frozen config: " + "; ".join(problems))
 
 
-class FrozenInTime(RetrievalModel):
+class FrozenTextSide(RetrievalModel):
+    """Frozen's text side and logits: DistilBERT ``[CLS]`` → ReLU → Linear, cosine / temperature.
+
+    Shared by every model that keeps Frozen's text encoder and swaps only the video backbone
+    (Table V). Subclasses set ``tokenizer``, ``contract``, ``text_model``, ``txt_proj`` and
+    ``temperature``.
+    """
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Queries → ``input_ids``/``attention_mask`` ``(B, L)`` int64, ``[CLS]`` first."""
+        return tokenize_texts(self.tokenizer, texts, self.contract.max_words)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` token ids and mask → ``(B, D)`` (``[CLS]`` state → ReLU → Linear)."""
+        return self.txt_proj(cls_state(self.text_model, input_ids, attention_mask))
+
+    def similarity(self, text_emb: torch.Tensor, video_emb: torch.Tensor) -> torch.Tensor:
+        """``(Bt, D)``, ``(Bv, D)`` → ``(Bt, Bv)`` cosine, each norm clamped at 1e-8 (Frozen)."""
+        t = text_emb / text_emb.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        v = video_emb / video_emb.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        return t @ v.t()
+
+    def logits(self, text_emb: torch.Tensor, video_emb: torch.Tensor) -> torch.Tensor:
+        """``(Bt, Bv)`` cosine similarity / temperature (0.05 for Frozen)."""
+        return self.similarity(text_emb, video_emb) / self.temperature
+
+
+class FrozenInTime(FrozenTextSide):
     """The Frozen dual encoder.
 
     Args:
@@ -137,29 +164,11 @@ class FrozenInTime(RetrievalModel):
         self.sources: dict[str, str] = {}
         self.attention: AttentionMode = "math"
 
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Queries → ``input_ids``/``attention_mask`` ``(B, L)`` int64, ``[CLS]`` first."""
-        return tokenize_texts(self.tokenizer, texts, self.contract.max_words)
-
     def encode_video(
         self, video: torch.Tensor, video_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``(B, T, 3, H, W)`` normalised frames, optional ``(B, T)`` bool mask → ``(B, D)``."""
         return self.vid_proj(self.video_model(video, video_mask))
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``(B, L)`` token ids and mask → ``(B, D)`` (``[CLS]`` state → ReLU → Linear)."""
-        return self.txt_proj(cls_state(self.text_model, input_ids, attention_mask))
-
-    def similarity(self, text_emb: torch.Tensor, video_emb: torch.Tensor) -> torch.Tensor:
-        """``(Bt, D)``, ``(Bv, D)`` → ``(Bt, Bv)`` cosine, each norm clamped at 1e-8 (Frozen)."""
-        t = text_emb / text_emb.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        v = video_emb / video_emb.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        return t @ v.t()
-
-    def logits(self, text_emb: torch.Tensor, video_emb: torch.Tensor) -> torch.Tensor:
-        """``(Bt, Bv)`` cosine similarity / temperature (0.05)."""
-        return self.similarity(text_emb, video_emb) / self.temperature
 
     def set_attention(self, mode: AttentionMode) -> None:
         """``math``: explicit softmax and eager DistilBERT; ``fused``: SDPA in both encoders."""

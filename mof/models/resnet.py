@@ -33,7 +33,7 @@ from torch import nn
 from transformers import DistilBertConfig
 
 from mof.models import register_model
-from mof.models.base import AttentionMode, RetrievalModel
+from mof.models.base import AttentionMode
 from mof.models.common import (
     check_video,
     frame_contract,
@@ -42,7 +42,7 @@ from mof.models.common import (
     pool_frames,
     tiny_tokenizer,
 )
-from mof.models.frozen import IMAGENET_MEAN, IMAGENET_STD, FrozenInTime
+from mof.models.frozen import IMAGENET_MEAN, IMAGENET_STD, FrozenTextSide
 from mof.models.io import read_state_dict
 from mof.models.text import (
     TextTokenizer,
@@ -104,8 +104,8 @@ class ResNetConfig:
             raise ValueError("invalid ResNet config: " + "; ".join(problems))
 
 
-class ResNetRetrieval(RetrievalModel):
-    """A timm ResNet frame encoder (mean over frames) and a DistilBERT text encoder.
+class ResNetRetrieval(FrozenTextSide):
+    """A timm ResNet frame encoder (mean over frames) and Frozen's text side, unchanged.
 
     Args:
         config: the architecture.
@@ -115,12 +115,6 @@ class ResNetRetrieval(RetrievalModel):
     """
 
     loss_reduction = "sum"
-    # Frozen's text side and logits, unchanged: Table V swaps only the video backbone. They
-    # read ``tokenizer``, ``contract``, ``text_model``, ``txt_proj`` and ``temperature``.
-    tokenize = FrozenInTime.tokenize
-    encode_text = FrozenInTime.encode_text
-    similarity = FrozenInTime.similarity
-    logits = FrozenInTime.logits
 
     def __init__(self, config: ResNetConfig, text_model: nn.Module,
                  tokenizer: TextTokenizer | None, tokenizer_kind: str):
