@@ -222,3 +222,31 @@ def test_diagnosis_measures_drift_and_meta_gradient_sign(micro):
     down, up = probe["steps"][8e-4]
     assert down < 0 < up  # a small step against the meta-gradient lowers the outer loss
     assert probe["rms"] > 0 and 0 < probe["adam_step_fraction"] <= 1
+
+
+def test_training_fit_scores_learned_frames_only_for_mof(micro):
+    from mof.reproduce.diagnose import training_fit
+
+    mof = training_fit(cell_dir(micro["cfg"], Cell(1, 16), 0) / "run", videos=6)
+    base = training_fit(cell_dir(micro["cfg"], Cell(1), 0) / "run")
+    assert mof["videos"] == 6 and base["videos"] == 8  # the micro grid trains on 8 videos
+    assert base["learned"] is None and mof["learned"]["count"] == 6
+    for metrics in (mof["uniform"], mof["learned"], base["uniform"]):
+        assert 1 <= metrics["MedR"] <= metrics["count"] and 0 <= metrics["R@1"] <= 100
+
+
+def test_diagnosis_report_has_every_section(micro):
+    from mof.reproduce.diagnose import diagnose
+    from mof.reproduce.runner import shard_paths
+
+    cfg = micro["cfg"]
+    report = diagnose(cfg, shard_paths(cfg).test)
+    titles = [line for line in report.splitlines() if line.startswith("## ")]
+    assert [t.split(":")[0].split(" (")[0] for t in titles] == [
+        "## Runs that never left the collapsed start", "## Learned frames",
+        "## Meta-gradient on the trained model", "## Training videos",
+        "## Baselines trained on more frames, tested on fewer"]
+    # One row per MOF cell and seed in the training-video table, with all three columns filled.
+    fit_rows = [line for line in report.split("## Training videos")[1].splitlines()
+                if line.startswith("| 16 ⇒ 1 |")]
+    assert len(fit_rows) == 2 and all(line.count(" / ") == 6 for line in fit_rows)

@@ -7,6 +7,9 @@
   f(ε) = L_c(Θ − α∇_Θ L_c(Θ; ε); V^R) after one Adam-like step of ε down and up the
   meta-gradient for several β (does the step go downhill, and by how much?); and how much the
   learned frames change the model-level gradient compared with the uniform frames.
+* :func:`training_fit`: retrieval on the run's own training videos with the uniform frames and,
+  for a MOF run, with its learned frames (did the model adapt to the frames it trained on, or
+  does it fit the videos less well?).
 * :func:`more_frames_at_training`: baselines trained on more frames, tested on fewer, against
   the baseline trained on those fewer (does the task reward seeing more frames in training?).
 
@@ -26,11 +29,11 @@ import torch
 import yaml
 
 from mof.reproduce.config import Table4Config
-from mof.reproduce.grid import Cell
+from mof.reproduce.grid import Cell, equal_cost_baseline
 from mof.reproduce.runner import cell_dir
 
 __all__ = ["collapsed_runs", "diagnose", "frame_drift", "meta_gradient_probe",
-           "more_frames_at_training"]
+           "more_frames_at_training", "training_fit"]
 
 _BETAS = (8e-4, 1e-2, 5e-2)
 
@@ -142,6 +145,44 @@ def meta_gradient_probe(run: Path, batch_size: int = 16) -> dict[str, Any]:
             "model_grad_change": diff / max(norm, 1e-30)}
 
 
+def training_fit(run: Path, videos: int = 500) -> dict[str, Any]:
+    """Text-to-video retrieval among the run's first ``videos`` training videos.
+
+    One query per video (its first caption). The videos are encoded from their U uniform frames
+    (ε0, what a test video looks like) and, for a MOF run, from their learned frames ε.
+
+    Returns:
+        ``{"videos": N, "uniform": t2v metrics, "learned": t2v metrics or None}``.
+    """
+    from mof.metrics import count_ranks, summarize
+    from mof.models.io import load_model
+    from pipeline.framestore import FrameStore
+
+    model = load_model(run / "checkpoints" / "last").eval()
+    store = FrameStore.open(run / "mof.zarr") if (run / "mof.zarr").is_dir() else None
+    uniform, learned, captions = [], [], []
+    for sample, start in _initial_frames(run):
+        if len(captions) == videos:
+            break
+        uniform.append(start)
+        captions.append(sample["meta"]["captions"][0])
+        if store is not None:
+            row = store.read(store.row_of([sample["key"]]), fields=("frames",))
+            learned.append(torch.from_numpy(row.frames[0]).float())
+
+    def t2v(frames: list[torch.Tensor]) -> dict[str, float]:
+        video = torch.cat([model.encode_video(torch.stack(frames[i : i + 32]))
+                           for i in range(0, len(frames), 32)])
+        ranks = count_ranks(model.similarity(text, video).float(), torch.arange(len(frames)))
+        return summarize(ranks, "pessimistic")["t2v"]
+
+    with torch.inference_mode():
+        tokens = model.tokenize(captions)
+        text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+        return {"videos": len(captions), "uniform": t2v(uniform),
+                "learned": t2v(learned) if learned else None}
+
+
 def more_frames_at_training(cfg: Table4Config, shards: str) -> list[dict[str, Any]]:
     """Each baseline trained on R frames tested on every smaller U of the grid's baselines."""
     from mof.evaluate import EvalConfig, evaluate
@@ -184,6 +225,12 @@ def collapsed_runs(cfg: Table4Config) -> list[dict[str, Any]]:
     return rows
 
 
+def _fit(metrics: dict[str, float] | None) -> str:
+    if metrics is None:
+        return "–"
+    return f"{metrics['R@1']:.1f} / {metrics['R@10']:.1f} / {metrics['MedR']:g}"
+
+
 def diagnose(cfg: Table4Config, shards_test: str) -> str:
     """Every measurement above on the finished cells of ``cfg``, as markdown."""
     title = ("## Runs that never left the collapsed start (last-epoch training loss within "
@@ -223,6 +270,21 @@ def diagnose(cfg: Table4Config, shards_test: str) -> str:
         lines.append(f"| {cell.label} | {p['alpha']:g} | {p['outer_loss']:.4f} | {p['rms']:.2e} "
                      f"| {p['max']:.2e} | {p['below_eps']:.1%} | {moves} | "
                      f"{p['model_grad_change']:.2%} |")
+    title = ("## Training videos: the model on its learned frames and on uniform frames "
+             "(t2v, first 500 training videos, first caption each)")
+    header = ("| cell | seed | R@1 / R@10 / MedR, uniform frames | learned frames | "
+              "equal-cost baseline, uniform frames |")
+    lines += ["", title, "", header, "|---|---|---|---|---|"]
+    for cell in (c for c in cfg.cells if c.is_mof):
+        for seed in cfg.seed_list():
+            run, base = (cell_dir(cfg, c, seed) / "run" for c in (cell, equal_cost_baseline(cell)))
+            if not (run.parent / "cell.json").is_file():
+                continue
+            fit = training_fit(run)
+            own = (training_fit(base)["uniform"] if (base.parent / "cell.json").is_file()
+                   else None)
+            lines.append(f"| {cell.label} | {seed} | {_fit(fit['uniform'])} | "
+                         f"{_fit(fit['learned'])} | {_fit(own)} |")
     header = ("| trained on | tested on | seed | R@1 | R@1 of the baseline trained on the "
               "tested count |")
     lines += ["", "## Baselines trained on more frames, tested on fewer (t2v R@1)", "", header,
