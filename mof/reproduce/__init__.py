@@ -142,9 +142,11 @@ def reproduce_table4(cfg: Table4Config) -> Table4Summary:
         from mof.reproduce.runner import shard_paths
         from pipeline.index import atomic_write_bytes
 
-        path = Path(cfg.results) / "table4_diagnosis.md"
-        atomic_write_bytes(path, diagnose(cfg, shard_paths(cfg).test).encode())
-        summary.files.append(str(path))
+        report = diagnose(cfg, shard_paths(cfg).test).encode()
+        for folder in (cfg.results, cfg.publish) if cfg.publish else (cfg.results,):
+            path = Path(folder) / "table4_diagnosis.md"
+            atomic_write_bytes(path, report)
+            summary.files.append(str(path))
     from mof.reproduce.aggregate import load_results
 
     summary.finished = len(load_results(cfg))
