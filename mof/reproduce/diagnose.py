@@ -6,7 +6,8 @@
   per-element size (against Adam's ε = 1e-8), and the outer objective
   f(ε) = L_c(Θ − α∇_Θ L_c(Θ; ε); V^R) after one Adam-like step of ε down and up the
   meta-gradient for several β (does the step go downhill, and by how much?); and how much the
-  learned frames change the model-level gradient compared with the uniform frames.
+  learned frames change the model-level gradient compared with the uniform frames; and the
+  size of the inner SGD step α‖∇Θ‖ against that of an AdamW step of the model, lr·sqrt(P).
 * :func:`training_fit`: retrieval on the run's own training videos with the uniform frames and,
   for a MOF run, with its learned frames (did the model adapt to the frames it trained on, or
   does it fit the videos less well?).
@@ -139,7 +140,11 @@ def meta_gradient_probe(run: Path, batch_size: int = 16) -> dict[str, Any]:
     grad_learned = inner_gradient(loss_fn, params, learned, frames_grad=False).params
     diff = sum(float((grad_learned[k] - grad_start[k]).pow(2).sum()) for k in params) ** 0.5
     norm = sum(float(grad_start[k].pow(2).sum()) for k in params) ** 0.5
+    learned_norm = sum(float(grad_learned[k].pow(2).sum()) for k in params) ** 0.5
+    # An AdamW step moves each parameter by about lr: a step of norm lr·sqrt(P).
+    adamw = float(cfg["lr"]) * sum(p.numel() for p in params.values()) ** 0.5
     return {"alpha": alpha, "outer_loss": base, "rms": float(g.pow(2).mean().sqrt()),
+            "inner_step_norm": alpha * learned_norm, "adamw_step_norm": adamw,
             "max": float(g.abs().max()), "below_eps": float((g.abs() < 1e-8).float().mean()),
             "adam_step_fraction": float(adam_first.abs().mean()), "steps": steps,
             "model_grad_change": diff / max(norm, 1e-30)}
@@ -262,13 +267,14 @@ def diagnose(cfg: Table4Config, shards_test: str) -> str:
             if seed == 0:
                 probes.append((cell, meta_gradient_probe(run)))
     lines += ["", "## Meta-gradient on the trained model (seed 0, first 16 training videos)", "",
-              "| cell | α | outer loss | RMS | max | share < 1e-8 | Δf down / up, β=" +
-              " / ".join(f"{b:g}" for b in _BETAS) + " | model-gradient change |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| cell | α | inner step / AdamW step | outer loss | RMS | max | share < 1e-8 | "
+              "Δf down / up, β=" + " / ".join(f"{b:g}" for b in _BETAS) +
+              " | model-gradient change |", "|---|---|---|---|---|---|---|---|---|"]
     for cell, p in probes:
         moves = "; ".join(f"{down:+.2e} / {up:+.2e}" for down, up in p["steps"].values())
-        lines.append(f"| {cell.label} | {p['alpha']:g} | {p['outer_loss']:.4f} | {p['rms']:.2e} "
-                     f"| {p['max']:.2e} | {p['below_eps']:.1%} | {moves} | "
+        ratio = p["inner_step_norm"] / p["adamw_step_norm"]
+        lines.append(f"| {cell.label} | {p['alpha']:g} | {ratio:.3g} | {p['outer_loss']:.4f} "
+                     f"| {p['rms']:.2e} | {p['max']:.2e} | {p['below_eps']:.1%} | {moves} | "
                      f"{p['model_grad_change']:.2%} |")
     title = ("## Training videos: the model on its learned frames and on uniform frames "
              "(t2v, first 500 training videos, first caption each)")
