@@ -212,6 +212,7 @@ def test_cli_report_only_and_usage_errors(micro, tmp_path):
 
 
 def test_diagnosis_measures_drift_and_meta_gradient_sign(micro):
+    from mof.models.io import load_model
     from mof.reproduce.diagnose import frame_drift, meta_gradient_probe
 
     run = cell_dir(micro["cfg"], Cell(1, 16), 0) / "run"
@@ -222,8 +223,6 @@ def test_diagnosis_measures_drift_and_meta_gradient_sign(micro):
     down, up = probe["steps"][8e-4]
     assert down < 0 < up  # a small step against the meta-gradient lowers the outer loss
     assert probe["rms"] > 0 and 0 < probe["adam_step_fraction"] <= 1
-    from mof.models.io import load_model
-
     model = load_model(run / "checkpoints" / "last")
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert probe["adamw_step_norm"] == pytest.approx(1e-3 * math.sqrt(params))  # lr 1e-3
