@@ -257,3 +257,27 @@ def test_diagnosis_report_has_every_section_and_is_published(micro, tmp_path):
     fit_rows = [line for line in report.split("## Training videos")[1].splitlines()
                 if line.startswith("| 16 ⇒ 1 |")]
     assert len(fit_rows) == 2 and all(line.count(" / ") == 6 for line in fit_rows)
+
+
+def test_resume_or_restart_a_run_directory(micro, tmp_path):
+    import shutil
+
+    from mof.reproduce.runner import CellMismatch, resume_or_restart, shard_paths
+
+    cfg = micro["cfg"]
+    shards = shard_paths(cfg)
+    finished = tmp_path / "finished"
+    shutil.copytree(cell_dir(cfg, Cell(1), 0) / "run", finished)
+    config = cfg.train_config(Cell(1), 0, shards.train, shards.test, str(finished))
+    resumed, again = resume_or_restart(config, finished)
+    assert again and resumed.resume == str(finished) and config.resume != str(finished)
+    # Killed before its first checkpoint: the directory is cleared and training starts afresh.
+    shutil.rmtree(finished / "checkpoints")
+    fresh, again = resume_or_restart(config, finished)
+    assert not again and fresh == config and not finished.exists()
+    # Started with other settings: refused, naming the setting.
+    shutil.copytree(cell_dir(cfg, Cell(1), 0) / "run", finished)
+    other = cfg.train_config(Cell(1), 1, shards.train, shards.test, str(finished))
+    with pytest.raises(CellMismatch, match="seed"):
+        resume_or_restart(other, finished)
+    assert resume_or_restart(config, tmp_path / "absent") == (config, False)

@@ -208,23 +208,36 @@ def _eval_seconds_during_training(run: Path) -> float:
     return total
 
 
+def resume_or_restart(config, run: Path):
+    """``config`` set to resume ``run`` if a checkpoint of it exists, else ``run`` cleared.
+
+    Returns:
+        The train config to run and whether it resumes.
+
+    Raises:
+        CellMismatch: ``run`` was started with other settings.
+    """
+    from mof.train.checkpoint import find_checkpoint
+
+    if not (run / "config.yaml").is_file():
+        return config, False
+    import yaml
+
+    _check_same(yaml.safe_load((run / "config.yaml").read_text()), config.to_dict(), run)
+    if find_checkpoint(run / "checkpoints") is None:
+        shutil.rmtree(run)  # died before its first checkpoint: nothing to resume
+        return config, False
+    return dataclasses.replace(config, resume=str(run)), True
+
+
 def _train(cfg: Table4Config, cell: Cell, seed: int, shards: ShardPaths, where: Path) -> str:
     """Train (or resume) the cell's run; returns ``trained`` or ``resumed``."""
     from mof.train import train
-    from mof.train.checkpoint import find_checkpoint
 
     run = where / "run"
-    config = cfg.train_config(cell, seed, shards.train, shards.test, str(run))
-    status = "trained"
-    if (run / "config.yaml").is_file():
-        import yaml
-
-        _check_same(yaml.safe_load((run / "config.yaml").read_text()), config.to_dict(), run)
-        if find_checkpoint(run / "checkpoints") is None:
-            shutil.rmtree(run)  # died before its first checkpoint: nothing to resume
-        else:
-            config = dataclasses.replace(config, resume=str(run))
-            status = "resumed"
+    config, resumed = resume_or_restart(
+        cfg.train_config(cell, seed, shards.train, shards.test, str(run)), run)
+    status = "resumed" if resumed else "trained"
     timing_path = where / "timing.json"
     attempts = json.loads(timing_path.read_text()) if timing_path.is_file() else []
     attempts.append({"start": time.time(), "end": None})

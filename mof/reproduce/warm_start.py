@@ -20,10 +20,9 @@ cells differ only in what the paper varies: the frames seen in fine-tuning. Layo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +72,8 @@ def run_warm_start(cfg: Table4Config, shards: ShardPaths) -> dict[str, Any] | No
     if not cfg.resolved_warm_start_epochs:
         return None
     from mof.evaluate import EvalConfig, evaluate
-    from mof.reproduce.runner import _check_same, _write_json
+    from mof.reproduce.runner import _check_same, _write_json, resume_or_restart
     from mof.train import train as train_run
-    from mof.train.checkpoint import find_checkpoint
 
     where = warm_start_dir(cfg)
     run = where / "run"
@@ -86,23 +84,14 @@ def run_warm_start(cfg: Table4Config, shards: ShardPaths) -> dict[str, Any] | No
         _check_same(record["train_config"], config.to_dict(), where)
         return record
     where.mkdir(parents=True, exist_ok=True)
-    if (run / "config.yaml").is_file():
-        import yaml
-
-        _check_same(yaml.safe_load((run / "config.yaml").read_text()), config.to_dict(), run)
-        if find_checkpoint(run / "checkpoints") is None:
-            shutil.rmtree(run)
-        else:
-            config = dataclasses.replace(config, resume=str(run))
-    import time
-
+    resumable, _ = resume_or_restart(config, run)
     start = time.time()
-    train_run(config, progress=cfg.progress)
+    train_run(resumable, progress=cfg.progress)
     report = evaluate(EvalConfig(shards=shards.test, checkpoint=str(run / "checkpoints" / "last"),
                                  out=str(where), frames=cfg.warm_start_frames,
                                  device=cfg.device, progress=False))
-    record = {"metrics": report["metrics"], "frames": cfg.warm_start_frames, "epochs": cfg.resolved_warm_start_epochs,
-              "epoch_loss": _epoch_losses(run),
+    record = {"metrics": report["metrics"], "frames": cfg.warm_start_frames,
+              "epochs": cfg.resolved_warm_start_epochs, "epoch_loss": _epoch_losses(run),
               "collapsed_loss": 2 * math.log(cfg.batch_size), "seconds": time.time() - start,
               "train_config": config.to_dict()}
     _write_json(done, record)
