@@ -58,6 +58,7 @@ __all__ = [
     "LossFn",
     "MetaGradMode",
     "MetaGradResult",
+    "fd_step_cosines",
     "frame_adam_step",
     "inner_gradient",
     "make_loss_fn",
@@ -246,6 +247,41 @@ def meta_gradient(
                               seed)
     result.stats["grad_norm"] = norm_of([result.grad])
     return result
+
+
+def fd_step_cosines(
+    loss_fn: LossFn,
+    params: dict[str, Tensor],
+    frames_u: Tensor,
+    frames_r: Tensor,
+    alpha: float,
+    steps: list[float],
+    *,
+    fd_scheme: FDScheme = "central",
+    seed: int | None = None,
+) -> dict[float, float]:
+    """Cosine between the ``finite-diff`` meta-gradient at each step and the exact one.
+
+    A difference estimator is accurate only for a step between the round-off floor of the
+    precision and the curvature scale of the model: 1e-3 gives cosine 0.99999 on frozen-tiny
+    in float32, but 0.3-0.5 on resnet-tiny, whose ReLU kinks need 1e-5. The trainer runs this
+    once, on the first frame-level batch, to check (and if needed choose) ``fd_step``.
+
+    Args:
+        loss_fn, params, frames_u, frames_r, alpha, fd_scheme, seed: as :func:`meta_gradient`.
+        steps: the values of ‖ξv‖ to try.
+
+    Returns:
+        ``{step: cosine}``; the exact meta-gradient needs double backward (math attention).
+    """
+    exact = meta_gradient(loss_fn, params, frames_u, frames_r, alpha, "exact", seed=seed).grad
+    out = {}
+    for step in steps:
+        fd = meta_gradient(loss_fn, params, frames_u, frames_r, alpha, "finite-diff",
+                           fd_step=step, fd_scheme=fd_scheme, seed=seed).grad
+        out[step] = torch.nn.functional.cosine_similarity(
+            fd.flatten().double(), exact.flatten().double(), dim=0).item()
+    return out
 
 
 @torch.no_grad()

@@ -64,6 +64,8 @@ class Progress:
         loss_sum, loss_count, frame_loss_sum, frame_count: the current epoch's running sums.
         best, best_epoch: best value of ``metric`` so far and its epoch (1-based).
         evaluated_step: step of the last evaluation.
+        fd_step: the ``finite-diff`` step checked against the exact meta-gradient on the first
+            frame-level batch (``None``: not checked yet, or the check is off).
     """
 
     epoch: int = 0
@@ -79,6 +81,7 @@ class Progress:
     best: float | None = None
     best_epoch: int | None = None
     evaluated_step: int = -1
+    fd_step: float | None = None
 
 
 def rng_state() -> dict[str, Any]:

@@ -37,6 +37,9 @@ _OPTIONS = [
     _opt("--meta-grad", type=click.Choice(["exact", "finite-diff", "first-order"]),
          help="Meta-gradient: exact double backward, finite-diff, or first-order (ablation)."),
     _opt("--fd-step", type=float, help="finite-diff step as ||xi v||."),
+    _opt("--fd-check/--no-fd-check",
+         help="finite-diff: check --fd-step against the exact meta-gradient on the first "
+              "batch; below cosine 0.99 warn and use the best step of 1e-2..1e-6."),
     _opt("--fd-scheme", type=click.Choice(["central", "forward"]),
          help="finite-diff difference: central (two eps-gradients) or forward (reuses the "
               "model step's pass; the frame step then starts from the model before that "
@@ -61,6 +64,10 @@ _OPTIONS = [
          help="Adam betas of the frames [default: 0.9 0.999 phase, 0.5 0.999 epoch]."),
     _opt("--frame-lr-step", type=int, help="epoch schedule: StepLR step (frame passes)."),
     _opt("--frame-lr-gamma", type=float, help="epoch schedule: StepLR gamma."),
+    _opt("--frame-grad-scale", type=click.Choice(["alpha", "raw"]),
+         help="alpha: divide the meta-gradient by the inner alpha before the frames' Adam "
+              "(frames move at any alpha); raw: the paper's literal step (frozen at small "
+              "alpha)."),
     _opt("--batch-size", type=int, help="Videos per step over all processes."),
     _opt("--workers", type=int, help="Shard-reading worker processes per process."),
     _opt("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to compute."),

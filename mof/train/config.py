@@ -35,6 +35,7 @@ RESUME_OVERRIDABLE = frozenset(
 _META_GRAD = ("exact", "finite-diff", "first-order")
 _FD_SCHEMES = ("central", "forward")
 _SCHEDULES = ("phase", "epoch")
+_FRAME_GRAD_SCALES = ("alpha", "raw")
 _AUGMENT = ("none", "crop", "crop-flip")
 _DEVICES = ("auto", "cpu", "cuda")
 _STORE_DTYPES = ("float32", "float16")
@@ -77,6 +78,9 @@ class TrainConfig:
             difference along v, no double backward) or ``first-order`` (ablation only: its
             direction is unrelated to the meta-gradient).
         fd_step: ``finite-diff`` step as ‖ξv‖ (relative to ‖v‖).
+        fd_check: on the first frame-level batch, compare the ``finite-diff`` meta-gradient
+            with the exact one; below cosine 0.99 warn and go on with the best step of
+            1e-2 ... 1e-6 (recorded in the run's progress, so a resumed run keeps it).
         fd_scheme: ``finite-diff`` difference: ``central`` (two ε-gradients, Algorithm 1 to
             the difference's accuracy) or ``forward`` (shares the model-level pass: one
             ε-gradient, but the frame-level step starts from Θ before the model-level update,
@@ -101,6 +105,10 @@ class TrainConfig:
         frame_lr_step: ``epoch`` schedule: β is multiplied by ``frame_lr_gamma`` every this
             many epochs (StepLR).
         frame_lr_gamma: see ``frame_lr_step``.
+        frame_grad_scale: ``alpha`` divides the meta-gradient by the inner α before the frames'
+            Adam step, so frames move at any α (Adam with ε·α); ``raw`` is the paper's literal
+            step, whose meta-gradient (proportional to α) falls below Adam's ε = 1e-8 at
+            α = 1e-5 and leaves the frames where they started (``docs/bilevel.md``).
         batch_size: videos per step over all processes (divided evenly across ranks).
         workers: shard-reading DataLoader workers per process.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
@@ -131,6 +139,7 @@ class TrainConfig:
     frames: str = "8"
     meta_grad: str = "exact"
     fd_step: float = 1e-3
+    fd_check: bool = True
     fd_scheme: str = "central"
     frame_schedule: str = "phase"
     frame_step_every: int = 1
@@ -147,6 +156,7 @@ class TrainConfig:
     frame_betas: tuple[float, float] | None = None
     frame_lr_step: int = 30
     frame_lr_gamma: float = 0.5
+    frame_grad_scale: str = "alpha"
     batch_size: int = 16
     workers: int = 2
     device: str = "auto"
@@ -184,6 +194,7 @@ class TrainConfig:
             p.append(str(err))
         for name, allowed in (("meta_grad", _META_GRAD), ("fd_scheme", _FD_SCHEMES),
                               ("frame_schedule", _SCHEDULES),
+                              ("frame_grad_scale", _FRAME_GRAD_SCALES),
                               ("augment", _AUGMENT), ("device", _DEVICES),
                               ("store_dtype", _STORE_DTYPES), ("lr_schedule", _LR_SCHEDULES)):
             if getattr(self, name) not in allowed:

@@ -28,6 +28,7 @@ from torch import nn
 
 from mof.bilevel import (
     InnerGrad,
+    fd_step_cosines,
     frame_adam_step,
     make_loss_fn,
     meta_gradient,
@@ -39,9 +40,11 @@ from mof.train.augment import VideoAugment, apply_augment
 from mof.train.distributed import all_gather_with_grad
 
 __all__ = [
+    "FDStepCheck",
     "FrameState",
     "GlobalContrastive",
     "SharedPass",
+    "check_fd_step",
     "frame_level_update",
     "model_level_step",
 ]
@@ -168,6 +171,25 @@ class FrameState:
     step: torch.Tensor
 
 
+def _frame_inputs(model, state, regular, text, augment, regular_augmented, use_amp):
+    """The batch loss as a function of (Θ, video), ε as a leaf, and the cropped U and R frames.
+
+    Difference estimators need fp32 passes, so ``use_amp`` is for the exact mode only.
+    """
+    device = state.frames.device
+    base_loss = make_loss_fn(model, text["input_ids"], text["attention_mask"],
+                             lambda logits: contrastive_loss(logits, model.loss_reduction))
+
+    def loss_fn(theta: dict[str, torch.Tensor], video: torch.Tensor) -> torch.Tensor:
+        with _autocast(device, use_amp):
+            return base_loss(theta, video)
+
+    eps = state.frames.detach().requires_grad_(augment is not None)
+    frames_u = apply_augment(eps, augment)
+    frames_r = (regular if regular_augmented else apply_augment(regular, augment)).detach()
+    return loss_fn, eps, frames_u, frames_r
+
+
 def frame_level_update(
     model: RetrievalModel,
     state: FrameState,
@@ -185,6 +207,7 @@ def frame_level_update(
     betas: tuple[float, float],
     seed: int,
     amp: bool,
+    grad_scale: str = "alpha",
 ) -> tuple[FrameState, dict[str, float]]:
     """The frame-level step (Eqs. 10-11) from the current Θ; Θ itself is left untouched.
 
@@ -204,37 +227,108 @@ def frame_level_update(
         lr, betas: the frames' Adam.
         seed: the phase's torch seed (dropout of every pass).
         amp: bf16 autocast for the ``exact`` mode on CUDA (difference estimators stay fp32).
+        grad_scale: ``alpha`` divides the meta-gradient by α before the frames' Adam step, so
+            the step does not depend on α's size (Adam is scale-free but for its ε = 1e-8:
+            dividing the gradient by α is Adam with ε·α); ``raw`` steps on the meta-gradient
+            itself, which falls below ε at small α and freezes the frames
+            (``docs/bilevel.md``, "Frames that move at any α").
 
     Returns:
-        The updated :class:`FrameState` and statistics (losses, gradient norm).
+        The updated :class:`FrameState` and statistics (losses, the meta-gradient's norm).
     """
-    device = state.frames.device
+    if grad_scale not in ("alpha", "raw"):
+        raise ValueError(f"grad_scale must be 'alpha' or 'raw', got {grad_scale!r}")
     if shared is not None and not (mode == "finite-diff" and fd_scheme == "forward"):
         raise ValueError("a shared model-level pass is for mode='finite-diff' with "
                          f"fd_scheme='forward', got mode={mode!r}, fd_scheme={fd_scheme!r}")
     params = (shared.params if shared is not None else
               {n: p.detach() for n, p in model.named_parameters() if p.requires_grad})
-    base_loss = make_loss_fn(model, text["input_ids"], text["attention_mask"],
-                             lambda logits: contrastive_loss(logits, model.loss_reduction))
-    use_amp = amp and mode == "exact"  # difference estimators need fp32 passes
-
-    def loss_fn(theta: dict[str, torch.Tensor], video: torch.Tensor) -> torch.Tensor:
-        with _autocast(device, use_amp):
-            return base_loss(theta, video)
-
-    eps = state.frames.detach().requires_grad_(augment is not None)
-    frames_u = apply_augment(eps, augment)
-    frames_r = (regular if regular_augmented else apply_augment(regular, augment)).detach()
+    loss_fn, eps, frames_u, frames_r = _frame_inputs(
+        model, state, regular, text, augment, regular_augmented, amp and mode == "exact")
     result = meta_gradient(loss_fn, params, frames_u.detach(), frames_r, alpha, mode=mode,
                            fd_step=fd_step, fd_scheme=fd_scheme, seed=seed,
                            shared_inner_grad=None if shared is None else shared.inner)
     grad = result.grad
     if augment is not None:  # pull the gradient back through the crop to ε itself
         (grad,) = torch.autograd.grad(frames_u, eps, grad)
+    adam_grad = grad.detach().float()
+    if grad_scale == "alpha" and mode != "first-order":  # the surrogate does not scale with α
+        adam_grad = adam_grad / alpha
     frames, exp_avg, exp_avg_sq, step = frame_adam_step(
-        state.frames.detach(), grad.detach().float(), state.exp_avg, state.exp_avg_sq,
+        state.frames.detach(), adam_grad, state.exp_avg, state.exp_avg_sq,
         state.step, lr=lr, betas=betas, eps=1e-8,
     )
     stats = {"outer_loss": float(result.outer_loss), "inner_loss": float(result.inner_loss),
              "meta_grad_norm": float(grad.norm())}
     return FrameState(frames, exp_avg, exp_avg_sq, step), stats
+
+
+#: A finite-difference step is accepted when its meta-gradient has at least this cosine with
+#: the exact one.
+FD_MIN_COSINE = 0.99
+#: ‖ξv‖ values tried when the configured step falls short.
+FD_STEP_LADDER = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+
+
+@dataclass
+class FDStepCheck:
+    """The outcome of :func:`check_fd_step`.
+
+    Attributes:
+        cosines: ‖ξv‖ → cosine with the exact meta-gradient.
+        chosen: the step the run goes on with (the configured one when it passes).
+        message: a warning to show, or ``None`` when the configured step passed.
+    """
+
+    cosines: dict[float, float]
+    chosen: float
+    message: str | None
+
+
+def check_fd_step(
+    model: RetrievalModel,
+    state: FrameState,
+    regular: torch.Tensor,
+    text: dict[str, torch.Tensor],
+    augment: VideoAugment | None,
+    *,
+    alpha: float,
+    fd_step: float,
+    fd_scheme: str,
+    seed: int,
+    regular_augmented: bool = False,
+) -> FDStepCheck:
+    """Check ``fd_step`` against the exact meta-gradient on one batch; choose another if needed.
+
+    The model must run its math attention path (double backward). Θ is never modified.
+
+    Args:
+        model, state, regular, text, augment, regular_augmented: as :func:`frame_level_update`.
+        alpha: the inner step α.
+        fd_step: the configured ‖ξv‖.
+        fd_scheme: ``central`` or ``forward``.
+        seed: the phase's torch seed.
+
+    Returns:
+        :class:`FDStepCheck`: if the configured step reaches :data:`FD_MIN_COSINE`, it is kept;
+        otherwise the step of :data:`FD_STEP_LADDER` with the highest cosine is chosen and the
+        message names the cosines.
+    """
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    loss_fn, _, frames_u, frames_r = _frame_inputs(model, state, regular, text, augment,
+                                                   regular_augmented, False)
+    frames_u = frames_u.detach()
+    cosines = fd_step_cosines(loss_fn, params, frames_u, frames_r, alpha, [fd_step],
+                              fd_scheme=fd_scheme, seed=seed)
+    if cosines[fd_step] >= FD_MIN_COSINE:
+        return FDStepCheck(cosines, fd_step, None)
+    others = [s for s in FD_STEP_LADDER if s != fd_step]
+    cosines.update(fd_step_cosines(loss_fn, params, frames_u, frames_r, alpha, others,
+                                   fd_scheme=fd_scheme, seed=seed))
+    chosen = max(cosines, key=cosines.get)
+    listed = ", ".join(f"{s:g}: {c:.4f}" for s, c in sorted(cosines.items(), reverse=True))
+    message = (f"--fd-step {fd_step:g}: the finite-difference meta-gradient has cosine "
+               f"{cosines[fd_step]:.4f} with the exact one on the first batch (below "
+               f"{FD_MIN_COSINE}); going on with --fd-step {chosen:g} (cosine "
+               f"{cosines[chosen]:.4f}). Cosine by step: {listed}.")
+    return FDStepCheck(cosines, chosen, message)

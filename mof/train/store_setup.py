@@ -11,6 +11,7 @@ written, so a run killed while filling the store continues where it stopped.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,14 @@ from pipeline.framestore import FrameStore
 from pipeline.reader import ShardDataset
 from pipeline.sampling import uniform_subset
 
-__all__ = ["TrainIndex", "init_store_rows", "open_frame_store", "scan_train_shards"]
+__all__ = [
+    "TrainIndex",
+    "check_store_resolution",
+    "frozen_fraction",
+    "init_store_rows",
+    "open_frame_store",
+    "scan_train_shards",
+]
 
 
 @dataclass
@@ -157,3 +165,51 @@ def init_store_rows(store: FrameStore, shards: list[str], contract: InputContrac
         store.finish_init()
     barrier()
     return written
+
+
+#: A float16 store that rounds away more than this share of the first Adam steps is refused;
+#: above ``_WARN_FROZEN`` it is allowed with a warning.
+_REFUSE_FROZEN, _WARN_FROZEN = 0.5, 0.01
+
+
+def frozen_fraction(frames: np.ndarray, step: float, dtype: str) -> float:
+    """Share of frame elements that an update of size ``step`` cannot change once stored.
+
+    A value stored as ``dtype`` changes only if the update exceeds half its spacing there
+    (round to nearest): in float16 a normalised pixel of magnitude 2-4 has spacing 2**-9, so
+    steps under 9.8e-4 (the paper's β = 8e-4 among them) round back to the same value.
+
+    Args:
+        frames: float frames ``(..., 3, H, W)`` in normalised model-input units.
+        step: the size of one update (Adam's first step is β).
+        dtype: the store's dtype, ``float32`` or ``float16``.
+    """
+    stored = np.asarray(frames).astype(dtype)
+    return float((np.spacing(np.abs(stored)).astype(np.float64) / 2 > step).mean())
+
+
+def check_store_resolution(store: FrameStore, frame_lr: float, dtype: str,
+                           sample_rows: int = 64) -> float:
+    """Refuse, or warn about, a store dtype too coarse for the frames' Adam steps.
+
+    Reads the first ``sample_rows`` initialised rows and measures :func:`frozen_fraction` at
+    β = ``frame_lr``.
+
+    Returns:
+        The measured share of elements that one step of β cannot move.
+
+    Raises:
+        ValueError: more than half the elements are frozen (the run would train a baseline
+            while reporting MOF).
+    """
+    rows = np.arange(min(sample_rows, store.num_videos))
+    frames = store.read(rows, fields=("frames",)).frames
+    share = frozen_fraction(frames, frame_lr, dtype)
+    advice = (f"{100 * share:.1f} % of the learnable frames' elements (measured on "
+              f"{len(rows)} videos) are too large for a {dtype} store to record an Adam step of "
+              f"--frame-lr {frame_lr:g}: they would never move. Use --store-dtype float32")
+    if share > _REFUSE_FROZEN:
+        raise ValueError(advice + ".")
+    if share > _WARN_FROZEN:
+        warnings.warn(advice + " (or a larger --frame-lr).", RuntimeWarning, stacklevel=2)
+    return share

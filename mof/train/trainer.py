@@ -11,6 +11,7 @@ second pass of the ``epoch`` schedule).
 from __future__ import annotations
 
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -46,11 +47,17 @@ from mof.train.phases import (
     FrameState,
     GlobalContrastive,
     SharedPass,
+    check_fd_step,
     frame_level_update,
     model_level_step,
 )
 from mof.train.run_log import RunLog, format_summary, run_summary
-from mof.train.store_setup import init_store_rows, open_frame_store, scan_train_shards
+from mof.train.store_setup import (
+    check_store_resolution,
+    init_store_rows,
+    open_frame_store,
+    scan_train_shards,
+)
 from pipeline.framestore import FIELDS, FrameRows
 from pipeline.framestore_io import AsyncFrameIO, PendingRead
 from pipeline.reader import resolve_shards
@@ -135,6 +142,8 @@ class Trainer:
             dist=dist)
         init_store_rows(self.store, self.shards, self.model.contract, num_frames=cfg.num_frames,
                         dist=dist, workers=cfg.workers, progress=self.progress_bar)
+        if cfg.store_dtype != "float32":
+            check_store_resolution(self.store, cfg.frame_lr, cfg.store_dtype)
         self.journal = RowJournal(self.out / "journal", dist.rank)
         generation = self.progress.phase
         if dist.is_main:  # put back the rows written after the checkpoint being resumed
@@ -295,6 +304,29 @@ class Trainer:
         return self._frame_update(batch, state, draw.result(),
                                   lr=frame_lr_at(cfg, p.frame_epochs))
 
+    def _check_fd_step(self, current: FrameState, draw: PhaseDraw) -> float:
+        """Check ``--fd-step`` against the exact meta-gradient on rank 0's first frame batch
+        (warning, and choosing another step, when it falls short); every rank uses the result."""
+        cfg = self.cfg
+        chosen = cfg.fd_step
+        if self.dist.is_main:
+            self.model.set_attention("math")
+            try:
+                check = check_fd_step(self.model, current, draw.frames_regular, draw.text,
+                                      draw.augment, alpha=cfg.alpha, fd_step=cfg.fd_step,
+                                      fd_scheme=cfg.fd_scheme, seed=draw.torch_seed,
+                                      regular_augmented=draw.regular_augmented)
+                chosen = check.chosen
+                if check.message:
+                    warnings.warn(check.message, RuntimeWarning, stacklevel=2)
+            except (RuntimeError, torch.OutOfMemoryError) as err:
+                warnings.warn(f"--fd-step {cfg.fd_step:g} could not be checked against the "
+                              f"exact meta-gradient ({str(err).splitlines()[0]}); pass "
+                              "--no-fd-check to skip the check", RuntimeWarning, stacklevel=2)
+            finally:
+                self.model.set_attention("fused")
+        return float(dist_utils.broadcast_object(chosen))
+
     def _journal(self, batch: RawBatch, state: FrameRows) -> None:
         """Start saving the pre-images of the batch's rows; it overlaps the phase's compute
         and is joined in :meth:`_frame_update` before the rows are written back."""
@@ -306,15 +338,18 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         dev = self.device
         current = FrameState(*(torch.from_numpy(getattr(state, n)).to(dev) for n in FIELDS))
+        if cfg.meta_grad == "finite-diff" and cfg.fd_check and p.fd_step is None:
+            p.fd_step = self._check_fd_step(current, draw)
         if cfg.meta_grad == "exact":
             self.model.set_attention("math")  # fused kernels have no double backward
         try:
             new, stats = frame_level_update(
                 self.model, current, draw.frames_regular, draw.text, draw.augment,
-                alpha=cfg.alpha, mode=cfg.meta_grad, fd_step=cfg.fd_step,
+                alpha=cfg.alpha, mode=cfg.meta_grad, fd_step=p.fd_step or cfg.fd_step,
                 fd_scheme=cfg.fd_scheme, shared=shared,
                 regular_augmented=draw.regular_augmented, lr=lr,
-                betas=cfg.resolved_frame_betas, seed=draw.torch_seed, amp=self.amp)
+                betas=cfg.resolved_frame_betas, seed=draw.torch_seed, amp=self.amp,
+                grad_scale=cfg.frame_grad_scale)
         finally:
             self.model.set_attention("fused")
         self.journal.wait()  # the pre-images are durable before any row is overwritten
