@@ -14,7 +14,9 @@ computing the similarities and ranks. Reading and preparing frames is timed sepa
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 
 from mof.metrics import CONVENTIONS, count_ranks, summarize
@@ -30,6 +33,7 @@ from mof.split_encoding import encode_texts, encode_videos, eval_mode
 
 __all__ = [
     "EVAL_FORMAT_VERSION",
+    "QUERIES_NAME",
     "EvalConfig",
     "EvalResult",
     "evaluate",
@@ -39,8 +43,10 @@ __all__ = [
     "resolve_checkpoint",
 ]
 
-EVAL_FORMAT_VERSION = 1
+EVAL_FORMAT_VERSION = 2
 METRICS_NAME = "metrics.json"
+#: Per-query arrays beside ``metrics.json`` (paired bootstrap intervals of ``reproduce``).
+QUERIES_NAME = "queries.npz"
 
 
 @dataclass
@@ -121,6 +127,12 @@ class EvalResult:
         counts: ``videos``, ``queries``, ``shards``.
         frames: ``used`` (U), ``stored`` (R), ``positions`` (indices into the stored frames).
         dataset: the shards' dataset name; ``split``: their split.
+        loss: ``{"t2v": ...}``, the mean over queries of the text-to-video cross-entropy of the
+            query's video among all test videos, with the model's own temperature (the
+            training loss's text-to-video half at test scale); a lower-noise companion of R@1.
+        per_query: ``video`` ``(Q,)`` the query's video index, ``t2v_ahead`` and ``t2v_tied``
+            ``(Q,)`` (see :class:`mof.metrics.RankCounts`), ``t2v_loss`` ``(Q,)`` float32;
+            written to ``queries.npz``, not to ``metrics.json``.
     """
 
     metrics: dict[str, dict]
@@ -133,9 +145,13 @@ class EvalResult:
     split: str
     device: str
     autocast: str | None
+    loss: dict[str, float] = dataclasses.field(default_factory=dict)
+    per_query: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format_version": EVAL_FORMAT_VERSION, **dataclasses.asdict(self)}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "per_query"}
+        return {"format_version": EVAL_FORMAT_VERSION, **copy.deepcopy(data)}
 
 
 def flatten_metrics(metrics: dict[str, dict]) -> dict[str, float]:
@@ -266,6 +282,10 @@ def evaluate_model(
                          for i in range(0, len(texts), 4096)]).float()
         counts = count_ranks(sim, q2v)
         rank_s = time.perf_counter() - start
+        query_loss = torch.cat([
+            F.cross_entropy(model.logits(text_emb[i : i + 4096], video_emb).float(),
+                            q2v[i : i + 4096], reduction="none")
+            for i in range(0, len(texts), 4096)]).cpu().numpy().astype(np.float32)
     by_convention = {name: summarize(counts, name) for name in CONVENTIONS}
     timing = {"encode_video_s": stats["encode_video_s"], "encode_text_s": text_s,
               "rank_s": rank_s, "read_s": stats["read_s"]}
@@ -279,6 +299,10 @@ def evaluate_model(
                 "positions": uniform_subset(stored[0], frames) if len(stored) == 1 else None},
         dataset="+".join(sorted(stats["datasets"])), split="+".join(sorted(stats["splits"])),
         device=str(device), autocast="bfloat16" if device.type == "cuda" else None,
+        loss={"t2v": float(query_loss.mean())},
+        per_query={"video": q2v.cpu().numpy().astype(np.int32),
+                   "t2v_ahead": counts.t2v_ahead.astype(np.int32),
+                   "t2v_tied": counts.t2v_tied.astype(np.int32), "t2v_loss": query_loss},
     )
 
 
@@ -295,7 +319,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         FileNotFoundError: no model behind ``--checkpoint``, or missing shards.
         ValueError: see :func:`evaluate_model`; ``--model`` differing from the checkpoint's.
     """
-    from pipeline.index import atomic_write_json
+    from pipeline.index import atomic_write_bytes, atomic_write_json
     from pipeline.reader import resolve_shards
 
     shards = resolve_shards(config.shards)
@@ -314,6 +338,9 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     report["config"] = {**dataclasses.asdict(config), "frames": frames, "out": str(out)}
     report["versions"] = {"torch": torch.__version__, "numpy": np.__version__}
     out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **result.per_query)
+    atomic_write_bytes(out / QUERIES_NAME, buf.getvalue())
     atomic_write_json(out / METRICS_NAME, report)
     report["path"] = str(out / METRICS_NAME)
     return report

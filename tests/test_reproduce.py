@@ -1,5 +1,5 @@
 """``mof-cli reproduce table4`` on a micro grid: real synthetic videos, shards, training runs in
-spawned processes, evaluations, then the table, CSV, plots and README block built from them.
+spawned processes, evaluations, then the table, CSV, plots and paired comparisons built from them.
 
 The grid is two cells (the 1-frame baseline and MOF 16 ⇒ 1, both in the paper's table) on 8
 training and 4 test videos, one epoch of two steps; a second call adds a seed.
@@ -27,7 +27,6 @@ from mof.reproduce.grid import (
     equal_cost_baseline,
     parse_grid,
 )
-from mof.reproduce.report import README_BEGIN, README_END, rewrite_readme
 from mof.reproduce.runner import cell_dir
 from mof.reproduce.warm_start import warm_start_dir, warm_start_path
 
@@ -48,10 +47,7 @@ def micro(tmp_path_factory) -> dict:
     """The micro grid run once with one seed (two cells in two processes), then a second
     seed (one process); the summaries and the modification times after the first call."""
     base = tmp_path_factory.mktemp("table4")
-    (base / "README.md").write_text(f"# x\n\n## Results\n\n{README_BEGIN}\nold\n{README_END}\n"
-                                    "\nkept\n")
-    first = reproduce_table4(micro_config(base, readme=str(base / "README.md"),
-                                          publish=str(base / "docs")))
+    first = reproduce_table4(micro_config(base, publish=str(base / "docs")))
     cfg = micro_config(base)
     stamps = {c.frames: (cell_dir(cfg, c, 0) / "metrics.json").stat().st_mtime_ns
               for c in cfg.cells}
@@ -165,11 +161,19 @@ def test_aggregation_matches_hand_computed_values(micro):
     mof_r1 = [json.loads((cell_dir(cfg, Cell(1, 16), s) / "metrics.json").read_text())
               ["metrics"]["t2v"]["R@1"] for s in (0, 1)]
     assert comparison.delta == pytest.approx(statistics.mean(mof_r1) - statistics.mean(base_r1))
-    assert comparison.spread == pytest.approx(
-        math.hypot(statistics.stdev(mof_r1), statistics.stdev(base_r1)))
+    diffs = [m - b for m, b in zip(mof_r1, base_r1, strict=True)]
     assert [s for s, _ in comparison.paired] == [0, 1]
-    assert [d for _, d in comparison.paired] == pytest.approx(
-        [m - b for m, b in zip(mof_r1, base_r1, strict=True)])
+    assert [d for _, d in comparison.paired] == pytest.approx(diffs)
+    # Two seeds: t interval with 1 degree of freedom (t = 12.706).
+    half = 12.706 * statistics.stdev(diffs) / math.sqrt(2)
+    assert comparison.seeds_ci.low == pytest.approx(statistics.mean(diffs) - half)
+    assert comparison.seeds_ci.high == pytest.approx(statistics.mean(diffs) + half)
+    # The bootstrap's point estimate is R@1 recomputed from the saved per-query ranks.
+    assert comparison.queries_ci.mean == pytest.approx(statistics.mean(diffs))
+    assert comparison.queries_ci.low <= comparison.queries_ci.mean <= comparison.queries_ci.high
+    assert comparison.verdict == ("no difference" if not comparison.seeds_ci.excludes_zero
+                                  else "gain" if comparison.seeds_ci.low > 0 else "loss")
+    assert [m.metric for m in comparison.companions] == ["MeanR", "loss"]
 
 
 def test_mean_std_verdicts():
@@ -178,18 +182,12 @@ def test_mean_std_verdicts():
     assert math.isnan(mean_std([3.0]).std)
 
 
-def test_readme_block_and_published_files(micro):
-    base = micro["base"]
-    text = (base / "README.md").read_text()
-    block = text.split(README_BEGIN)[1].split(README_END)[0]
-    assert "old" not in block and "16 ⇒ 1" in block and "](docs/table4.png)" in block
-    assert text.endswith("\nkept\n")
-    assert {p.name for p in (base / "docs").iterdir()} >= {"table4.md", "table4.png",
-                                                           "curves.png", "table4.csv"}
-    bad = base / "no_markers.md"
-    bad.write_text("# nothing here\n")
-    with pytest.raises(ValueError, match="table4:begin"):
-        rewrite_readme(bad, "x")
+def test_published_files(micro):
+    published = micro["base"] / "docs"
+    assert {p.name for p in published.iterdir()} >= {"table4.md", "table4.png", "curves.png",
+                                                      "table4.csv"}
+    text = (published / "table4.md").read_text()
+    assert "16 ⇒ 1" in text and "](table4.png)" in text and "paired by seed" in text
 
 
 def test_cli_report_only_and_usage_errors(micro, tmp_path):
@@ -227,6 +225,8 @@ def test_diagnosis_measures_drift_and_meta_gradient_sign(micro):
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert probe["adamw_step_norm"] == pytest.approx(1e-3 * math.sqrt(params))  # lr 1e-3
     assert probe["inner_step_norm"] > 0
+    assert math.isfinite(probe["gap_closed"]) and probe["beta"] == micro["cfg"].resolved_frame_lr
+    assert all(-1 <= c <= 1 for c in probe["alignment"].values())
 
 
 def test_training_fit_scores_learned_frames_only_for_mof(micro):
@@ -251,7 +251,8 @@ def test_diagnosis_report_has_every_section_and_is_published(micro, tmp_path):
     titles = [line for line in report.splitlines() if line.startswith("## ")]
     assert [t.split(":")[0].split(" (")[0] for t in titles] == [
         "## Runs that never left the collapsed start", "## Learned frames",
-        "## Meta-gradient on the trained model", "## Training videos",
+        "## Meta-gradient on the trained model", "## What one frame step buys",
+        "## Training videos",
         "## Baselines trained on more frames, tested on fewer"]
     # One row per MOF cell and seed in the training-video table, with all three columns filled.
     fit_rows = [line for line in report.split("## Training videos")[1].splitlines()

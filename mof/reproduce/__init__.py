@@ -3,9 +3,9 @@
 :func:`reproduce_table4` prepares the data once (synth when needed, then shards holding the
 most frames any cell needs), trains and evaluates every cell and seed that is not finished
 (:mod:`mof.reproduce.runner`), aggregates mean ± std over seeds
-(:mod:`mof.reproduce.aggregate`) and writes the table, the plots and optionally the README
-block (:mod:`mof.reproduce.outputs`, :mod:`mof.reproduce.report`, :mod:`mof.reproduce.plots`).
-See the README, section ``make reproduce-table4``.
+(:mod:`mof.reproduce.aggregate`), compares each MOF cell with its baselines paired by seed
+(:mod:`mof.stats`) and writes the table and the plots (:mod:`mof.reproduce.outputs`,
+:mod:`mof.reproduce.report`, :mod:`mof.reproduce.plots`). See ``docs/cli.md``.
 """
 
 from __future__ import annotations

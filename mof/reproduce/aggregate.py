@@ -1,10 +1,13 @@
 """From finished cells on disk to the numbers of the table: mean ± std over seeds, comparisons.
 
-Each finished seed contributes its ``metrics.json`` (text-to-video R@1/5/10, MedR, MeanR and
-the test time of the evaluated checkpoint), its ``cell.json`` (training time) and its run's
-``metrics.csv`` (the training curve). A difference between two cells is called a gain or a
-loss only when it exceeds the *spread* ``sqrt(std_a² + std_b²)``: the seed-to-seed standard
-deviation of the difference between one run of each cell.
+Each finished seed contributes its ``metrics.json`` (text-to-video R@1/5/10, MedR, MeanR, the
+test loss and the test time of the evaluated checkpoint), its ``queries.npz`` (per-query ranks
+and losses), its ``cell.json`` (training time) and its run's ``metrics.csv`` (the training
+curve). A MOF cell and its baseline of the same seed share initial weights, data order and
+draws, so they are compared *paired*: per-seed differences with a 95 % t interval over seeds,
+and a paired bootstrap interval over the test videos (:mod:`mof.stats`). A difference is a gain
+or a loss only when its interval excludes zero: the seeds' interval where there are two seeds
+or more, else the queries' (which then covers only the finite test set, and says so).
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from mof.evaluate import QUERIES_NAME
 from mof.reproduce.config import Table4Config
 from mof.reproduce.grid import Cell, equal_cost_baseline
 from mof.reproduce.runner import cell_dir
+from mof.stats import Interval, paired_bootstrap, t_interval
 
 __all__ = [
     "METRICS",
@@ -27,13 +34,18 @@ __all__ = [
     "SeedResult",
     "Stat",
     "compare",
+    "compare_cells",
     "load_results",
     "mean_std",
     "summarize",
 ]
 
-#: Text-to-video metrics of the table, as keyed in ``metrics.json``.
-METRICS = ("R@1", "R@5", "R@10", "MedR", "MeanR")
+#: Text-to-video metrics of the table, as keyed in ``metrics.json`` (``loss``: its ``loss``).
+METRICS = ("R@1", "R@5", "R@10", "MedR", "MeanR", "loss")
+#: Metrics where a smaller value is better.
+LOWER_IS_BETTER = ("MedR", "MeanR", "loss")
+#: The companions of R@1 reported with each comparison: less noisy, every query counts.
+COMPANIONS = ("MeanR", "loss")
 
 
 @dataclass
@@ -46,6 +58,8 @@ class SeedResult:
         train_s: training wall seconds (evaluations during training left out).
         test_s: test time in seconds: encoding every test video and query, and ranking.
         curve: the rows of the run's ``metrics.csv`` (one per evaluation), values as floats.
+        queries: ``queries.npz`` of the evaluation (``video``, ``t2v_ahead``, ``t2v_tied``,
+            ``t2v_loss``), ``None`` for an evaluation that did not write it.
     """
 
     cell: Cell
@@ -54,6 +68,13 @@ class SeedResult:
     train_s: float
     test_s: float
     curve: list[dict[str, float]] = field(default_factory=list)
+    queries: dict[str, np.ndarray] | None = None
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """``(Q,)`` 1-based text-to-video ranks, ties counted against the query (pessimistic,
+        the evaluation's headline convention)."""
+        return self.queries["t2v_ahead"] + self.queries["t2v_tied"] + 1
 
 
 @dataclass(frozen=True)
@@ -98,12 +119,15 @@ class Comparison:
     Attributes:
         cell: the MOF cell. against: the baseline. kind: ``equal test cost`` (same U) or
             ``all R frames`` (the baseline trained and tested on R frames).
-        metric: the metric compared. delta: MOF mean minus baseline mean.
-        spread: ``sqrt(std_mof² + std_base²)``; NaN when a cell has one seed.
-        verdict: ``gain``, ``loss``, ``within spread`` or ``no spread (one seed)``.
-        paired: ``(seed, MOF − baseline)`` for every seed both cells finished. Cells of one
-            seed share the initial weights and the batches, so these differences are free of
-            the seed-to-seed spread the verdict is judged against.
+        metric: the metric compared. delta: MOF mean minus baseline mean (over all seeds of
+            each; equal to the mean paired difference when both have the same seeds).
+        paired: ``(seed, MOF − baseline)`` for every seed both cells finished.
+        seeds_ci: 95 % t interval of the mean paired difference (two seeds or more).
+        queries_ci: paired bootstrap interval over the test videos (every paired seed has
+            ``queries.npz``; not for MedR).
+        verdict: ``gain``, ``loss`` or ``no difference`` (the interval includes zero), judged
+            on ``seeds_ci``, else on ``queries_ci``; ``no interval`` when there is neither.
+        companions: the same comparison on :data:`COMPANIONS` (for R@1 comparisons).
     """
 
     cell: Cell
@@ -111,9 +135,16 @@ class Comparison:
     kind: str
     metric: str
     delta: float
-    spread: float
-    verdict: str
     paired: list[tuple[int, float]] = field(default_factory=list)
+    seeds_ci: Interval | None = None
+    queries_ci: Interval | None = None
+    verdict: str = "no interval"
+    companions: list[Comparison] = field(default_factory=list)
+
+    @property
+    def interval(self) -> Interval | None:
+        """The interval the verdict is judged on."""
+        return self.seeds_ci or self.queries_ci
 
 
 def _read_curve(path: Path) -> list[dict[str, float]]:
@@ -136,11 +167,13 @@ def load_results(cfg: Table4Config) -> list[SeedResult]:
                 continue
             record = json.loads((where / "cell.json").read_text())
             report = json.loads((where / "metrics.json").read_text())
-            t2v = report["metrics"]["t2v"]
+            t2v = {**report["metrics"]["t2v"], "loss": report.get("loss", {}).get("t2v", math.nan)}
+            queries = where / QUERIES_NAME
             results.append(SeedResult(
                 cell=cell, seed=seed, metrics={k: float(t2v[k]) for k in METRICS},
                 train_s=float(record["train_s"]), test_s=float(report["timing"]["test_time_s"]),
-                curve=_read_curve(where / "run" / "metrics.csv")))
+                curve=_read_curve(where / "run" / "metrics.csv"),
+                queries=dict(np.load(queries)) if queries.is_file() else None))
     return results
 
 
@@ -159,46 +192,65 @@ def summarize(results: list[SeedResult], cells: list[Cell]) -> list[CellSummary]
     return summaries
 
 
-def _verdict(delta: float, spread: float, higher_is_better: bool) -> str:
-    if math.isnan(spread):
-        return "no spread (one seed)"
-    signed = delta if higher_is_better else -delta
-    if signed > spread:
-        return "gain"
-    if signed < -spread:
-        return "loss"
-    return "within spread"
+def _verdict(interval: Interval | None, lower_is_better: bool) -> str:
+    if interval is None:
+        return "no interval"
+    if not interval.excludes_zero:
+        return "no difference"
+    better = interval.high < 0 if lower_is_better else interval.low > 0
+    return "gain" if better else "loss"
 
 
-def compare(summaries: list[CellSummary], results: list[SeedResult] | None = None,
+def compare_cells(results: list[SeedResult], cell: Cell, base: Cell, kind: str,
+                  metric: str) -> Comparison | None:
+    """``cell`` against ``base`` on ``metric``, paired by seed (``None``: a side is missing)."""
+    mine = {r.seed: r for r in results if r.cell == cell}
+    theirs = {r.seed: r for r in results if r.cell == base}
+    if not mine or not theirs:
+        return None
+    delta = (sum(r.metrics[metric] for r in mine.values()) / len(mine)
+             - sum(r.metrics[metric] for r in theirs.values()) / len(theirs))
+    seeds = sorted(set(mine) & set(theirs))
+    paired = [(s, mine[s].metrics[metric] - theirs[s].metrics[metric]) for s in seeds]
+    seeds_ci = t_interval([d for _, d in paired])
+    queries_ci = None
+    if seeds and metric != "MedR" and all(
+            mine[s].queries is not None and theirs[s].queries is not None for s in seeds):
+        queries_ci = paired_bootstrap(
+            metric, mine[seeds[0]].queries["video"],
+            [(mine[s].ranks, mine[s].queries["t2v_loss"]) for s in seeds],
+            [(theirs[s].ranks, theirs[s].queries["t2v_loss"]) for s in seeds])
+    interval = seeds_ci or queries_ci
+    return Comparison(cell, base, kind, metric, delta, paired, seeds_ci, queries_ci,
+                      _verdict(interval, metric in LOWER_IS_BETTER))
+
+
+def compare(summaries: list[CellSummary], results: list[SeedResult],
             metric: str = "R@1") -> list[Comparison]:
     """Each MOF cell against its equal-test-cost baseline (same U) and, where the grid has
     it, against the baseline on all R frames (what MOF tries to compress into U).
 
     Args:
-        summaries: from :func:`summarize`.
-        results: the per-seed results, for the paired differences (optional).
-        metric: a ``METRICS`` key; for ``MedR``/``MeanR`` a negative delta is the improvement.
+        summaries: from :func:`summarize` (their order is kept).
+        results: the per-seed results.
+        metric: a ``METRICS`` key; for ``MedR``/``MeanR``/``loss`` a negative delta is the
+            improvement. R@1 comparisons carry their :data:`COMPANIONS`.
     """
-    by_cell = {s.cell: s for s in summaries}
-    values = {(r.cell, r.seed): r.metrics[metric] for r in results or []}
-    higher = metric not in ("MedR", "MeanR")
     comparisons = []
     for summary in summaries:
         if not summary.cell.is_mof:
             continue
         for kind, base in (("equal test cost", equal_cost_baseline(summary.cell)),
                            ("all R frames", Cell(summary.cell.regular))):
-            if base not in by_cell:
+            found = compare_cells(results, summary.cell, base, kind, metric)
+            if found is None:
                 continue
-            a, b = summary.metrics[metric], by_cell[base].metrics[metric]
-            delta = a.mean - b.mean
-            spread = math.sqrt(a.std**2 + b.std**2)
-            paired = [(seed, values[summary.cell, seed] - values[base, seed])
-                      for seed in summary.seeds if (base, seed) in values
-                      and (summary.cell, seed) in values]
-            comparisons.append(Comparison(summary.cell, base, kind, metric, delta, spread,
-                                          _verdict(delta, spread, higher), paired))
+            if metric == "R@1":
+                found.companions = [
+                    c for m in COMPANIONS
+                    if (c := compare_cells(results, summary.cell, base, kind, m)) is not None
+                    and not math.isnan(c.delta)]
+            comparisons.append(found)
     return comparisons
 
 

@@ -77,9 +77,7 @@ _OPTIONS = [
     _opt("--diagnose/--no-diagnose", "Also measure the learned frames' drift, the "
                                      "meta-gradient and baselines tested on fewer frames "
                                      "(RESULTS/table4_diagnosis.md)."),
-    _opt("--readme", "Rewrite the block between '<!-- table4:begin -->' and "
-                     "'<!-- table4:end -->' of this README.", type=click.Path(dir_okay=False)),
-    _opt("--publish", "Also copy the small result files here (README links point there).",
+    _opt("--publish", "Also copy the small result files here (e.g. docs/results).",
          type=click.Path(file_okay=False)),
     click.option("--quiet", is_flag=True, help="No progress bars."),
 ]

@@ -85,10 +85,8 @@ class Table4Config:
         run: train and evaluate missing cells; ``False`` only aggregates what exists.
         diagnose: also measure why MOF does or does not help (``mof.reproduce.diagnose``) and
             write ``RESULTS/table4_diagnosis.md``.
-        readme: a README whose block between ``<!-- table4:begin -->`` and
-            ``<!-- table4:end -->`` is rewritten with the results.
-        publish: also copy the small result files (md, csv, png) into this directory (the
-            README's links point there when given).
+        publish: also copy the small result files (md, csv, png) into this directory (e.g.
+            ``docs/results``).
         progress: progress bars.
     """
 
@@ -121,7 +119,6 @@ class Table4Config:
     device: str = "auto"
     run: bool = True
     diagnose: bool = False
-    readme: str | None = None
     publish: str | None = None
     progress: bool = True
 

@@ -56,21 +56,17 @@ def _info(cfg: Table4Config, first_cell: Path) -> dict[str, Any]:
 
 
 def write_report(cfg: Table4Config) -> list[str]:
-    """Aggregate the finished cells of ``cfg`` and write the tables, plots, README block.
+    """Aggregate the finished cells of ``cfg`` and write the tables and plots (and copy the
+    small ones to ``cfg.publish``).
 
     Returns:
         The paths written (empty when no cell has finished).
-
-    Raises:
-        ValueError: ``cfg.readme`` lacks the table4 markers.
     """
     from mof.reproduce.aggregate import compare, load_results, summarize
     from mof.reproduce.grid import paper_rows
     from mof.reproduce.plots import plot_curves, plot_tradeoff
     from mof.reproduce.report import (
         markdown_report,
-        relative_link,
-        rewrite_readme,
         seeds_csv,
         summary_json,
         table_csv,
@@ -99,7 +95,6 @@ def write_report(cfg: Table4Config) -> list[str]:
     for name, text in files.items():
         atomic_write_bytes(out / name, text.encode())
     written = [str(out / n) for n in (*files, "table4.png", "curves.png")]
-    shown = out
     if cfg.publish:
         shown = Path(cfg.publish)
         shown.mkdir(parents=True, exist_ok=True)
@@ -107,10 +102,4 @@ def write_report(cfg: Table4Config) -> list[str]:
             if (out / name).stat().st_size <= _PUBLISH_LIMIT:
                 shutil.copyfile(out / name, shown / name)
                 written.append(str(shown / name))
-    if cfg.readme:
-        readme = Path(cfg.readme)
-        links = {k: relative_link(shown / f"{k}.png", readme) for k in ("table4", "curves")}
-        rewrite_readme(readme, markdown_report(summaries, comparisons, info, paper_name, paper,
-                                               links))
-        written.append(str(readme))
     return written

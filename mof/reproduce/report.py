@@ -1,9 +1,9 @@
-"""Table IV as files: ``table4.md``, ``table4.csv``, ``table4_seeds.csv``, ``table4.json``, and the
-README block between ``<!-- table4:begin -->`` and ``<!-- table4:end -->``.
+"""Table IV as files: ``table4.md``, ``table4.csv``, ``table4_seeds.csv``, ``table4.json``.
 
 The layout is the paper's (SF, R@1, R@5, R@10, MedR, train time, test time), each of ours as
-mean ± std over seeds, with the paper's numbers for the same SF in adjacent columns. The
-plots live in :mod:`mof.reproduce.plots`.
+mean ± std over seeds, plus the mean rank and the test loss, with the paper's numbers for the
+same SF in adjacent columns; then each MOF cell against its baselines, paired, with intervals.
+The plots live in :mod:`mof.reproduce.plots`.
 """
 
 from __future__ import annotations
@@ -12,34 +12,28 @@ import csv
 import io
 import json
 import math
-import os
-import re
-from pathlib import Path
 from typing import Any
 
 from mof.reproduce.aggregate import METRICS, CellSummary, Comparison, SeedResult, Stat
 from mof.reproduce.grid import Cell, PaperRow
 
 __all__ = [
-    "README_BEGIN",
-    "README_END",
     "format_seconds",
     "format_stat",
     "markdown_report",
-    "rewrite_readme",
     "seeds_csv",
     "summary_json",
     "table_csv",
     "verdict_lines",
 ]
 
-README_BEGIN = "<!-- table4:begin -->"
-README_END = "<!-- table4:end -->"
 _PAPER_KEYS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("MedR", "medr"))
 
 
 def format_stat(stat: Stat, digits: int = 1) -> str:
-    """``12.3 ± 0.4`` (``12.3`` alone for one seed)."""
+    """``12.3 ± 0.4`` (``12.3`` alone for one seed; ``–`` when not measured)."""
+    if math.isnan(stat.mean):
+        return "–"
     if stat.n == 1 or math.isnan(stat.std):
         return f"{stat.mean:.{digits}f}"
     return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
@@ -76,14 +70,16 @@ def _paper_cells(row: PaperRow | None) -> list[str]:
 def table_rows(summaries: list[CellSummary], model: str,
                paper: dict[str, PaperRow]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the markdown table (ours, then the paper's)."""
-    header = ["Method", "SF", "R@1", "R@5", "R@10", "MedR", "Train time", "Test time",
+    header = ["Method", "SF", "R@1", "R@5", "R@10", "MedR", "MeanR", "Test loss",
+              "Train time", "Test time",
               "Paper R@1", "Paper R@5", "Paper R@10", "Paper MedR", "Paper train", "Paper test"]
     train_unit = _time_unit(max((s.train_s.mean for s in summaries), default=0.0))
     test_unit = _time_unit(max((s.test_s.mean for s in summaries), default=0.0))
     rows = []
     ordered = sorted(summaries, key=lambda s: (s.cell.is_mof, s.cell.regular or 0, s.cell.used))
     for s in ordered:
-        ours = [format_stat(s.metrics[k]) for k in ("R@1", "R@5", "R@10", "MedR")]
+        ours = [format_stat(s.metrics[k]) for k in ("R@1", "R@5", "R@10", "MedR", "MeanR")]
+        ours.append(format_stat(s.metrics["loss"], 3))
         rows.append([method_name(model, s.cell), s.cell.label, *ours,
                      format_seconds(s.train_s, train_unit), format_seconds(s.test_s, test_unit),
                      *_paper_cells(paper.get(s.cell.frames))])
@@ -96,16 +92,34 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _digits(metric: str) -> int:
+    return 3 if metric == "loss" else 1
+
+
+def _comparison_text(c: Comparison) -> str:
+    """``ΔR@1 = +1.2, seeds [+0.3, +2.1], queries [+0.5, +1.9]``."""
+    d = _digits(c.metric)
+    parts = [f"Δ{c.metric} = {c.delta:+.{d}f}"]
+    if c.seeds_ci is not None:
+        parts.append(f"seeds [{c.seeds_ci.low:+.{d}f}, {c.seeds_ci.high:+.{d}f}]")
+    if c.queries_ci is not None:
+        parts.append(f"queries [{c.queries_ci.low:+.{d}f}, {c.queries_ci.high:+.{d}f}]")
+    return ", ".join(parts)
+
+
 def verdict_lines(comparisons: list[Comparison]) -> list[str]:
-    """One bullet per comparison: delta, spread and verdict."""
+    """One bullet per comparison: the paired difference, its intervals, per-seed differences,
+    the verdict, and the companions' differences with theirs."""
     lines = []
     for c in comparisons:
-        spread = "n/a" if math.isnan(c.spread) else f"{c.spread:.1f}"
+        basis = "" if c.interval is None else f" ({c.interval.kind})"
         paired = ""
         if len(c.paired) > 1:
             paired = "; per seed " + ", ".join(f"{d:+.1f}" for _, d in c.paired)
         lines.append(f"- MOF {c.cell.label} vs baseline {c.against.label} ({c.kind}): "
-                     f"Δ{c.metric} = {c.delta:+.1f}, spread {spread}: **{c.verdict}**{paired}")
+                     f"{_comparison_text(c)}: **{c.verdict}**{basis}{paired}")
+        for m in c.companions:
+            lines.append(f"  - {_comparison_text(m)}: {m.verdict}")
     return lines
 
 
@@ -115,7 +129,7 @@ def verdict_summary(comparisons: list[Comparison]) -> str:
     if not equal:
         return "No MOF cell has its equal-test-cost baseline in this grid."
     counts = {v: sum(c.verdict == v for c in equal) for v in
-              ("gain", "loss", "within spread", "no spread (one seed)")}
+              ("gain", "loss", "no difference", "no interval")}
     parts = [f"{n} {v}" for v, n in counts.items() if n]
     metric = equal[0].metric
     return (f"Against the baseline with the same test cost, MOF's {metric} difference is: "
@@ -143,8 +157,13 @@ def markdown_report(summaries: list[CellSummary], comparisons: list[Comparison],
             "train time in hours, test time over the whole test set); the paper has no 4-frame "
             "baseline. Train time here is the wall time of training (evaluations left out), "
             "test time the time to encode every test video and query and rank them.")
-    rule = ("**MOF against its baselines** (R@1; a gain or loss only when |Δ| exceeds the "
-            "spread sqrt(std_MOF² + std_baseline²)):")
+    rule = ("**MOF against its baselines**, paired by seed (same warm start, data order and "
+            "draws). Δ is MOF minus baseline; *seeds*: 95 % t interval of the mean per-seed "
+            "difference; *queries*: 95 % paired bootstrap interval over the test videos (2000 "
+            "resamples; it covers the test set's finiteness, not training randomness). A gain or "
+            "a loss only when the interval named in brackets excludes zero (seeds where there "
+            "are two or more). Below each: the mean rank and the test loss (lower is better), "
+            "less noisy companions of R@1.")
     lines = [heading, machine, "", _markdown_table(*table_rows(summaries, info["model"], paper)),
              "", note, "", rule, "", *verdict_lines(comparisons), "",
              verdict_summary(comparisons)]
@@ -195,34 +214,20 @@ def summary_json(summaries: list[CellSummary], comparisons: list[Comparison],
               **{k: [v.mean, _or_none(v.std)] for k, v in s.metrics.items()},
               "train_s": [s.train_s.mean, _or_none(s.train_s.std)],
               "test_s": [s.test_s.mean, _or_none(s.test_s.std)]} for s in summaries]
-    verdicts = [{"frames": c.cell.frames, "against": c.against.frames, "kind": c.kind,
-                 "metric": c.metric, "delta": c.delta, "spread": _or_none(c.spread),
-                 "verdict": c.verdict, "paired": c.paired} for c in comparisons]
+    verdicts = [_comparison_json(c) for c in comparisons]
     data = {"config": config, "info": info, "cells": cells, "comparisons": verdicts}
     return json.dumps(data, indent=2) + "\n"
 
 
+def _comparison_json(c: Comparison) -> dict[str, Any]:
+    def interval(i):
+        return None if i is None else {"mean": i.mean, "low": i.low, "high": i.high, "n": i.n}
+
+    return {"frames": c.cell.frames, "against": c.against.frames, "kind": c.kind,
+            "metric": c.metric, "delta": _or_none(c.delta), "paired": c.paired,
+            "seeds_ci": interval(c.seeds_ci), "queries_ci": interval(c.queries_ci),
+            "verdict": c.verdict, "companions": [_comparison_json(m) for m in c.companions]}
+
+
 def _or_none(value: float) -> float | None:
     return None if math.isnan(value) else value
-
-
-def relative_link(target: Path, readme: Path) -> str:
-    """``target`` as a link from ``readme``'s directory (POSIX separators)."""
-    return Path(os.path.relpath(target.resolve(), readme.resolve().parent)).as_posix()
-
-
-def rewrite_readme(readme: Path, body: str) -> None:
-    """Replace the text between the table4 markers of ``readme`` (atomically).
-
-    Raises:
-        ValueError: the markers are missing, repeated or out of order.
-    """
-    from pipeline.index import atomic_write_bytes
-
-    text = readme.read_text()
-    pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.DOTALL)
-    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or not pattern.search(text):
-        raise ValueError(f"{readme}: expected one '{README_BEGIN}' followed by one "
-                         f"'{README_END}' line")
-    block = f"{README_BEGIN}\n{body.rstrip()}\n{README_END}"
-    atomic_write_bytes(readme, pattern.sub(lambda _: block, text).encode())
