@@ -158,10 +158,17 @@ def _read_curve(path: Path) -> list[dict[str, float]]:
 
 
 def load_results(cfg: Table4Config) -> list[SeedResult]:
-    """Every finished cell and seed of ``cfg``'s grid (unfinished ones are left out)."""
+    """Every finished seed of every cell of ``cfg``'s grid, whichever call trained it.
+
+    Seeds are found on disk, not taken from ``cfg.seeds``: a grid of 3 seeds whose key cells
+    were given 5 by a second call (``--grid 4,8:4 --seeds 5``) reports 5 for those cells.
+    Unfinished seeds (no ``cell.json``) are left out.
+    """
     results = []
     for cell in cfg.cells:
-        for seed in cfg.seed_list():
+        seeds = sorted(int(p.name[4:]) for p in cell_dir(cfg, cell, 0).parent.glob("seed*")
+                       if p.name[4:].isdigit())
+        for seed in seeds:
             where = cell_dir(cfg, cell, seed)
             if not (where / "cell.json").is_file():
                 continue

@@ -70,7 +70,7 @@ def _paper_cells(row: PaperRow | None) -> list[str]:
 def table_rows(summaries: list[CellSummary], model: str,
                paper: dict[str, PaperRow]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the markdown table (ours, then the paper's)."""
-    header = ["Method", "SF", "R@1", "R@5", "R@10", "MedR", "MeanR", "Test loss",
+    header = ["Method", "SF", "Seeds", "R@1", "R@5", "R@10", "MedR", "MeanR", "Test loss",
               "Train time", "Test time",
               "Paper R@1", "Paper R@5", "Paper R@10", "Paper MedR", "Paper train", "Paper test"]
     train_unit = _time_unit(max((s.train_s.mean for s in summaries), default=0.0))
@@ -80,7 +80,7 @@ def table_rows(summaries: list[CellSummary], model: str,
     for s in ordered:
         ours = [format_stat(s.metrics[k]) for k in ("R@1", "R@5", "R@10", "MedR", "MeanR")]
         ours.append(format_stat(s.metrics["loss"], 3))
-        rows.append([method_name(model, s.cell), s.cell.label, *ours,
+        rows.append([method_name(model, s.cell), s.cell.label, str(len(s.seeds)), *ours,
                      format_seconds(s.train_s, train_unit), format_seconds(s.test_s, test_unit),
                      *_paper_cells(paper.get(s.cell.frames))])
     return header, rows
@@ -149,7 +149,7 @@ def markdown_report(summaries: list[CellSummary], comparisons: list[Comparison],
     host = info["host"]
     gpu = f", GPU {host['gpu']}" if host.get("gpu") else ", no GPU"
     heading = (f"Table IV on `{info['dataset']}` with `{info['model']}`: text-to-video "
-               f"retrieval on {info['counts']}; mean ± std over {info['seeds']} seeds per cell "
+               f"retrieval on {info['counts']}; mean ± std over the seeds of each cell "
                "(a single number: one seed finished).")
     machine = (f"Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB{gpu}; "
                f"torch {host['torch']}. {info['settings']}")
