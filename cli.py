@@ -46,7 +46,35 @@ def synth(quiet: bool, **options: object) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-# --- shard / inspect -----------------------------------------------------------------------
+# --- check / shard / inspect ---------------------------------------------------------------
+
+
+@main.command()
+@click.option("--dataset", required=True,
+              help="Manifest name (e.g. msvd), descriptor .yaml, or generic .csv/.tsv/.jsonl file.")
+@click.option("--root", required=True, type=click.Path(file_okay=False), help="Dataset root.")
+@click.option("--split", help="Check only this split (train, val or test) [default: every split].")
+@click.option("--probe", is_flag=True, help="Also open each video file's header (no decoding).")
+@click.option("--workers", default=2, show_default=True, help="Processes probing headers.")
+@click.option("--columns", metavar="NAME,NAME", help="Columns of a .csv/.tsv file without a header "
+              "row, e.g. caption,path (a file without a split column holds --split).")
+@click.option("--listed", default=20, show_default=True, help="Items listed per kind of error.")
+def check(**options: object) -> None:
+    """Validate a dataset's annotations and video files; exit 1 on any error."""
+    from pipeline.check import CheckConfig, check_dataset
+
+    try:
+        config = CheckConfig(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        report = check_dataset(config)
+    except ValueError as exc:  # ManifestError is a ValueError
+        raise click.ClickException(str(exc)) from exc
+    click.echo(report.format())
+    if not report.ok:
+        raise SystemExit(1)
+
 
 
 @main.command()

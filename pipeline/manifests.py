@@ -44,6 +44,7 @@ __all__ = [
     "load_splits",
     "missing_files",
     "parse_columns",
+    "read_split",
     "resolve_dataset",
 ]
 
@@ -227,11 +228,22 @@ def load_records(
     if split not in desc.splits:
         raise ManifestError([Problem(where, None, f"unknown split {split!r}; {desc.name} has "
                                                   f"{', '.join(desc.splits)}")])
-    target = desc.splits[split].alias_of or split
-    records = _records(desc, root, _parse(desc, root, (target,)), split)
+    records = read_split(desc, root, split)
     if not records:
         raise ManifestError([Problem(where, None, f"split {split!r} has no videos")])
     return records
+
+
+def read_split(desc: Descriptor, root: Path, split: str) -> list[VideoRecord]:
+    """The records of ``split`` of a resolved descriptor, possibly none.
+
+    Like :func:`load_records`, for callers that hold the descriptor (``mof-cli check``).
+
+    Raises:
+        ManifestError: every problem of the split's annotation files.
+    """
+    target = desc.splits[split].alias_of or split
+    return _records(desc, Path(root), _parse(desc, Path(root), (target,)), split)
 
 
 def load_splits(
