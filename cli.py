@@ -93,10 +93,19 @@ def check(**options: object) -> None:
 @click.option("--node-rank", type=int, help="This machine's rank [default: $RANK or 0].")
 @click.option("--merge-index", type=click.Path(file_okay=False, exists=True), metavar="OUT",
               help="Instead of sharding: join the partial indexes of a multi-node run in OUT.")
+@click.option("--columns", metavar="NAME,NAME", help="Columns of a .csv/.tsv file without a header "
+              "row, e.g. caption,path (a file without a split column holds --split).")
+@click.option("--retry-failed", is_flag=True,
+              help="Re-attempt the videos of OUT/errors.jsonl; those that decode now go into new shards.")
 def shard(merge_index: str | None, **options: object) -> None:
     """Decode every video of a split into R frames and write WebDataset shards + index.json."""
     from pipeline.index import ShardIndexError, merge_indexes
-    from pipeline.shard import ShardConfig, ShardConfigMismatch, write_shards
+    from pipeline.shard import (
+        ShardConfig,
+        ShardConfigMismatch,
+        ShardInterrupted,
+        write_shards,
+    )
 
     try:
         if merge_index:
@@ -112,6 +121,9 @@ def shard(merge_index: str | None, **options: object) -> None:
         summary = write_shards(config)
     except (ValueError, ShardConfigMismatch, ShardIndexError) as exc:  # ManifestError is a ValueError
         raise click.ClickException(str(exc)) from exc
+    except ShardInterrupted as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(128 + exc.signum) from None
     click.echo(summary.format())
     if config.strict and summary.errors_total:
         raise click.ClickException(f"--strict: {summary.errors_total} videos could not be sharded")
