@@ -64,7 +64,12 @@ demo: $(STAMP)  ## the main job end to end on the embedded synthetic dataset
 	$(CLI) eval --checkpoint $(DEMO_DIR)/runs/mof --shards $(DEMO_DIR)/shards/test
 	$(CLI) export-frames --run $(DEMO_DIR)/runs/mof --num 4 --out $(DEMO_DIR)/frames --mp4 --attention
 
+# torchcodec (the decoder bench_shard.py compares ours with) loads the system's FFmpeg libraries.
 bench: $(STAMP)  ## every benchmark, each printing its table (BENCH_ARGS=--quick for short runs)
+	$(PY) -m pip install -q torchcodec==0.17.0
+	@$(PY) -c "import torchcodec.decoders" 2>/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg; } || \
+	  echo "no FFmpeg libraries for torchcodec: bench_shard.py leaves it out"
 	$(PY) benchmarks/bench_shard.py $(BENCH_ARGS)
 	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/bench_train.py
