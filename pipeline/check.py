@@ -86,7 +86,7 @@ class SplitReport:
         split: the split's name.
         alias_of: the split whose videos this one reuses (then nothing else is filled).
         videos: videos listed.
-        captions: queries per video, in record order.
+        captions: queries per video, in record order (DiDeMo: one paragraph each).
         problems: problems of the split's annotation files, duplicates excepted.
         duplicates: videos listed twice, in two splits, or naming a file another video names.
         missing: video files (relative to the root) that are not on disk.
@@ -128,7 +128,7 @@ class CheckReport:
 
     def format(self) -> str:
         """The report as printed by ``mof-cli check``."""
-        header = (f"{'split':<6} {'videos':>7}  {'captions/video min/mean/max':<28} "
+        header = (f"{'split':<6} {'videos':>7}  {'queries/video min/mean/max':<28} "
                   f"{'missing':>7} {'duplicates':>10} {'unreadable':>10} {'problems':>8}")
         lines = [f"{self.dataset} under {self.root}", header]
         for s in self.splits:
