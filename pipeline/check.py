@@ -182,8 +182,12 @@ def probe_video(path: str) -> tuple[str | None, str | None]:
         container.close()
 
 
-def _check_split(desc, root: Path, split: str) -> tuple[SplitReport, list[VideoRecord]]:
-    report = SplitReport(split, alias_of=desc.splits[split].alias_of)
+def _check_split(
+    desc, root: Path, split: str, alone: bool
+) -> tuple[SplitReport, list[VideoRecord]]:
+    """One split's report; an alias is checked through its target only when asked for alone."""
+    alias = desc.splits[split].alias_of
+    report = SplitReport(split, alias_of=None if alone else alias)
     if report.alias_of:
         return report, []
     try:
@@ -278,7 +282,7 @@ def check_dataset(config: CheckConfig) -> CheckReport:
         # A generic file is one file for every split: read it once, as a whole.
         reports, records = _check_generic(desc, root)
     for split in names if not reports else ():
-        report, records[split] = _check_split(desc, root, split)
+        report, records[split] = _check_split(desc, root, split, alone=bool(config.split))
         reports.append(report)
     _cross_split(reports, records)
     if config.probe:

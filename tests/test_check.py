@@ -95,6 +95,8 @@ def test_alias_split_is_named_not_rechecked(tmp_path):
     write_msrvtt(tmp_path, {"video1": ["a"], "video2": ["b"]}, ["video1"], [("video2", "b")])
     report = check_dataset(CheckConfig("msrvtt", str(tmp_path)))
     assert "val    alias of test" in report.format()
+    (val,) = check_dataset(CheckConfig("msrvtt", str(tmp_path), split="val")).splits
+    assert (val.videos, val.missing) == (1, ["videos/all/video2.mp4"])
 
 
 def test_cli_check_exit_codes(msvd_root):
