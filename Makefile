@@ -18,7 +18,7 @@ DEMO_TRAIN   ?= --frames 8:4 --epochs 4 --eval-every 2 --batch-size 32 --lr 1e-3
 DEMO_THREADS ?= 1
 SEEDS     ?= 3
 
-.PHONY: help install test test-slow test-gpu lint demo bench reproduce-table4 clean
+.PHONY: help install test test-slow test-gpu test-dali lint demo bench reproduce-table4 clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -41,6 +41,11 @@ test-slow: $(STAMP)  ## the slow suite
 test-gpu: $(STAMP)  ## GPU tests (needs CUDA; DALI from `pip install .[gpu]`)
 	$(PY) -m pytest -q -m gpu
 
+# DALI's CPU decoder (VP8, VP9, MJPEG) runs the dali backend's own pipeline without a GPU.
+test-dali: $(STAMP)  ## the dali backend on DALI's CPU decoder (installs DALI, about 0.5 GB)
+	$(PY) -m pip install -q nvidia-dali-cuda130==2.4.0
+	$(PY) -m pytest -q -m dali tests/test_decode_dali_cpu.py
+
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
 
@@ -59,7 +64,12 @@ demo: $(STAMP)  ## the main job end to end on the embedded synthetic dataset
 	$(CLI) eval --checkpoint $(DEMO_DIR)/runs/mof --shards $(DEMO_DIR)/shards/test
 	$(CLI) export-frames --run $(DEMO_DIR)/runs/mof --num 4 --out $(DEMO_DIR)/frames --mp4 --attention
 
+# torchcodec (the decoder bench_shard.py compares ours with) loads the system's FFmpeg libraries.
 bench: $(STAMP)  ## every benchmark, each printing its table (BENCH_ARGS=--quick for short runs)
+	$(PY) -m pip install -q torchcodec==0.17.0
+	@$(PY) -c "import torchcodec.decoders" 2>/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg; } || \
+	  echo "no FFmpeg libraries for torchcodec: bench_shard.py leaves it out"
 	$(PY) benchmarks/bench_shard.py $(BENCH_ARGS)
 	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/bench_train.py

@@ -46,7 +46,35 @@ def synth(quiet: bool, **options: object) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-# --- shard / inspect -----------------------------------------------------------------------
+# --- check / shard / inspect ---------------------------------------------------------------
+
+
+@main.command()
+@click.option("--dataset", required=True,
+              help="Manifest name (e.g. msvd), descriptor .yaml, or generic .csv/.tsv/.jsonl file.")
+@click.option("--root", required=True, type=click.Path(file_okay=False), help="Dataset root.")
+@click.option("--split", help="Check only this split (train, val or test) [default: every split].")
+@click.option("--probe", is_flag=True, help="Also open each video file's header (no decoding).")
+@click.option("--workers", default=2, show_default=True, help="Processes probing headers.")
+@click.option("--columns", metavar="NAME,NAME", help="Columns of a .csv/.tsv file without a header "
+              "row, e.g. caption,path (a file without a split column holds --split).")
+@click.option("--listed", default=20, show_default=True, help="Items listed per kind of error.")
+def check(**options: object) -> None:
+    """Validate a dataset's annotations and video files; exit 1 on any error."""
+    from pipeline.check import CheckConfig, check_dataset
+
+    try:
+        config = CheckConfig(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        report = check_dataset(config)
+    except ValueError as exc:  # ManifestError is a ValueError
+        raise click.ClickException(str(exc)) from exc
+    click.echo(report.format())
+    if not report.ok:
+        raise SystemExit(1)
+
 
 
 @main.command()
@@ -65,10 +93,19 @@ def synth(quiet: bool, **options: object) -> None:
 @click.option("--node-rank", type=int, help="This machine's rank [default: $RANK or 0].")
 @click.option("--merge-index", type=click.Path(file_okay=False, exists=True), metavar="OUT",
               help="Instead of sharding: join the partial indexes of a multi-node run in OUT.")
+@click.option("--columns", metavar="NAME,NAME", help="Columns of a .csv/.tsv file without a header "
+              "row, e.g. caption,path (a file without a split column holds --split).")
+@click.option("--retry-failed", is_flag=True,
+              help="Re-attempt the videos of OUT/errors.jsonl; those that decode now go into new shards.")
 def shard(merge_index: str | None, **options: object) -> None:
     """Decode every video of a split into R frames and write WebDataset shards + index.json."""
     from pipeline.index import ShardIndexError, merge_indexes
-    from pipeline.shard import ShardConfig, ShardConfigMismatch, write_shards
+    from pipeline.shard import (
+        ShardConfig,
+        ShardConfigMismatch,
+        ShardInterrupted,
+        write_shards,
+    )
 
     try:
         if merge_index:
@@ -84,6 +121,9 @@ def shard(merge_index: str | None, **options: object) -> None:
         summary = write_shards(config)
     except (ValueError, ShardConfigMismatch, ShardIndexError) as exc:  # ManifestError is a ValueError
         raise click.ClickException(str(exc)) from exc
+    except ShardInterrupted as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(128 + exc.signum) from None
     click.echo(summary.format())
     if config.strict and summary.errors_total:
         raise click.ClickException(f"--strict: {summary.errors_total} videos could not be sharded")

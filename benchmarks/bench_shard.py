@@ -8,7 +8,10 @@ B-frames) into a cache directory, then times on the same clips, in one process:
 - ``ours``: ``decode_video(..., backend="ffmpeg")`` (GOP-aware, non-reference skipping);
 - ``decode-all``: decode every frame, convert the R picked ones;
 - ``seek-per-target``: for each target, seek to its keyframe and decode forward;
-- ``dali``: ``decode_video(..., backend="dali")`` when a GPU and DALI are present (wall time).
+- ``dali``: ``decode_video(..., backend="dali")`` when a GPU and DALI are present (wall time);
+- ``tc-*``: torchcodec, the decoder users would pick instead, when it and the system's FFmpeg
+  libraries load (see ``torchcodec_methods.py``): decode alone, approximate seek mode, with a
+  torch resize and crop, and with decoder-side transforms; one torch and FFmpeg thread.
 
 Each measurement is the median over ``--repeats`` runs of one video (CPU time of this process
 with ``time.process_time`` and wall time), methods interleaved so that load from other
@@ -23,6 +26,7 @@ clips, >= 1.5x faster than decode-all on short-GOP clips).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -35,6 +39,8 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
+from torchcodec_methods import METHODS as TORCHCODEC
+from torchcodec_methods import available as torchcodec_missing
 from tqdm import tqdm
 
 from pipeline.decode import available_backends, decode_video
@@ -67,6 +73,9 @@ class Group:
     encoder: tuple[str, ...]
     ext: str
     long_gop: bool
+    # Written through a pipe, as a live recording or `ffmpeg ... | cat` is: no duration and no
+    # seek index in the header.
+    piped: bool = False
 
 
 GROUPS = (
@@ -85,6 +94,14 @@ GROUPS = (
         ("-c:v", "mpeg4", "-q:v", "5", "-g", "30", "-bf", "0"),
         "avi",
         False,
+    ),
+    Group(
+        "vp9_piped_webm",
+        (320, 240),
+        ("-c:v", "libvpx-vp9", "-crf", "33", "-b:v", "0", "-cpu-used", "4", "-f", "webm"),
+        "webm",
+        True,
+        piped=True,
     ),
 )
 
@@ -110,8 +127,10 @@ def make_clips(cache: Path, durations: list[int]) -> dict[str, list[Path]]:
                 "-i",
                 f"{source},{NOISE}",
             ]
-            cmd += ["-t", str(seconds), *group.encoder, "-pix_fmt", "yuv420p", str(tmp)]
-            subprocess.run(cmd, check=True)
+            cmd += ["-t", str(seconds), *group.encoder, "-pix_fmt", "yuv420p"]
+            with open(tmp, "wb") as out:
+                subprocess.run([*cmd, "pipe:1" if group.piped else str(tmp)], check=True,
+                               stdout=out if group.piped else None)
             tmp.rename(path)  # a clip exists under its name only when complete
         clips.setdefault(group.name, []).append(path)
     return clips
@@ -191,19 +210,27 @@ def measure(
         ``{(group, method, r): (cpu_s_per_video, wall_s_per_video)}``.
     """
     samples: dict[tuple[str, str, int, Path], list[tuple[float, float]]] = {}
+    failures: dict[tuple[str, str], str] = {}
     jobs = [(g, p, r) for g, paths in clips.items() for p in paths for r in rs]
     for _ in tqdm(range(repeats), desc="repeats", unit="rep"):
         for group, path, r in tqdm(jobs, leave=False, unit="clip"):
             for name, method in methods.items():
-                if name == "floor" and r != rs[0]:
+                if (name == "floor" and r != rs[0]) or (group, name) in failures:
                     continue  # the floor does not depend on R
                 c0, w0 = time.process_time(), time.perf_counter()
-                method(path, r)
+                try:
+                    method(path, r)
+                except Exception as exc:  # noqa: BLE001 - another library's failure is a result
+                    failures[(group, name)] = f"{path.name}: {type(exc).__name__}: {exc}"[:160]
+                    continue
                 cpu, wall = time.process_time() - c0, time.perf_counter() - w0
                 samples.setdefault((group, name, r, path), []).append((cpu, wall))
     table: dict[tuple[str, str, int], tuple[float, float]] = {}
     for group, paths in clips.items():
         for name in methods:
+            if (group, name) in failures:
+                table[(group, name, 0)] = failures[(group, name)]  # type: ignore[assignment]
+                continue
             for r in rs:
                 key_r = rs[0] if name == "floor" else r
                 runs = [samples[(group, name, key_r, p)] for p in paths]
@@ -227,8 +254,17 @@ def decoded_fraction(
     return out
 
 
-def check_outputs(clips: dict[str, list[Path]], r: int, with_dali: bool) -> None:
-    """Every exact CPU method returns the same frames as ours; DALI within 8 levels on average."""
+def check_outputs(
+    clips: dict[str, list[Path]], r: int, with_dali: bool, with_torchcodec: bool
+) -> list[str]:
+    """Every exact CPU method returns the same frames as ours; DALI within 8 levels on average.
+
+    Returns:
+        Notes on torchcodec's resized frames that differ from ours by more than 8 levels on
+        average (other resize filters differ by less; a neighbouring frame of these noisy
+        clips by more), i.e. where it returns other frames than those asked for.
+    """
+    notes = []
     for path in (paths[0] for paths in clips.values()):
         ours = decode_ours(path, r)
         np.testing.assert_array_equal(
@@ -242,6 +278,17 @@ def check_outputs(clips: dict[str, list[Path]], r: int, with_dali: bool) -> None
             assert diff <= 8, (
                 f"{path}: DALI differs from ffmpeg by {diff:.2f} on average"
             )
+        if with_torchcodec:
+            try:
+                theirs = TORCHCODEC["tc-transforms"](path, r, SIZE).astype(np.int16)
+            except Exception as exc:  # noqa: BLE001 - reported in the table
+                notes.append(f"{path.name}: torchcodec fails: {type(exc).__name__}")
+                continue
+            diff = np.abs(theirs - ours).mean()
+            if diff > 8:
+                notes.append(f"{path.name}: torchcodec's frames differ from ours by {diff:.1f} "
+                             "levels on average: other frames than the indices asked for")
+    return notes
 
 
 def report(table, clips, rs, fractions) -> list[str]:
@@ -257,7 +304,10 @@ def report(table, clips, rs, fractions) -> list[str]:
     for group in clips:
         floor_cpu = table[(group, "floor", rs[0])][0]
         for r in rs:
-            for name in ("floor", "ours", "decode-all", "seek-per-target", "dali"):
+            for name in ("floor", "ours", "decode-all", "seek-per-target", "dali", *TORCHCODEC):
+                if (group, name, 0) in table and r == rs[0]:
+                    lines.append(f"| {group} | - | {name} | fails: {table[(group, name, 0)]} |"
+                                 " | | | |")
                 if (group, name, r) not in table or (name == "floor" and r != rs[0]):
                     continue
                 cpu, wall = table[(group, name, r)]
@@ -266,12 +316,19 @@ def report(table, clips, rs, fractions) -> list[str]:
                 decoded = {
                     "ours": f"{fractions[(group, r)]:.0%}",
                     "seek-per-target": "",
+                    **{tc: "" for tc in TORCHCODEC},
                 }
                 lines.append(
                     f"| {group} ({len(clips[group])}) | {r if name != 'floor' else '-'} "
                     f"| {name} | {cpu:.3f} | {1 / cost:.1f} | {floor_cpu / cost:.2f} "
                     f"| {wall:.3f} | {decoded.get(name, '100%')} |"
                 )
+        for r in rs:
+            ours = table[(group, "ours", r)][0]
+            rivals = [f"{n} {table[(group, n, r)][0] / ours:.2f}x" for n in TORCHCODEC
+                      if (group, n, r) in table]
+            if rivals:
+                checks.append(f"{group} R={r}: torchcodec CPU time / ours: {', '.join(rivals)}")
         if 32 in rs:
             ours = table[(group, "ours", 32)][0]
             is_long = next(g for g in GROUPS if g.name == group).long_gop
@@ -340,14 +397,23 @@ def main() -> None:
     }
     if with_dali:
         methods["dali"] = decode_dali
-    check_outputs(clips, rs[0], with_dali)
+    missing = torchcodec_missing()
+    if missing is None:
+        import torch
+
+        torch.set_num_threads(1)  # one thread each, like ours
+        for name, fn in TORCHCODEC.items():
+            methods[name] = functools.partial(fn, size=SIZE)
+    else:
+        print(f"torchcodec not measured: {missing}")
+    notes = check_outputs(clips, rs[0], with_dali, missing is None)
     table = measure(clips, methods, rs, repeats)
     print(
         f"\n{date.today()}  {_machine()}, "
         f"S={SIZE}, clips {durations} s, median of {repeats}, "
         f"backends: {', '.join(available_backends())}\n"
     )
-    print("\n".join(report(table, clips, rs, decoded_fraction(clips, rs))))
+    print("\n".join(report(table, clips, rs, decoded_fraction(clips, rs)) + notes))
 
 
 if __name__ == "__main__":

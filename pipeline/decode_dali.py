@@ -18,6 +18,10 @@ Videos NVDEC cannot decode (e.g. H.264 10-bit or 4:4:4, MPEG-4 part 2 on some GP
 DALI's demuxer lacks) and streams without timestamps fall back to the ``ffmpeg`` backend; the
 returned :class:`~pipeline.decode.DecodedVideo` then says ``backend="ffmpeg"``.
 
+``device="cpu"`` runs the same pipeline with DALI's CPU decoder, which reads VP8, VP9 and
+MJPEG only (DALI's bundled FFmpeg has no H.264, HEVC or MPEG-4 decoder): it is how the tests
+exercise this module on a machine without a GPU, not a CPU backend for real datasets.
+
 CUDA cannot be used in a process forked after CUDA was initialised: run DALI decoding in the
 main process or in workers started with the ``spawn`` method.
 """
@@ -35,7 +39,7 @@ import numpy as np
 
 from pipeline.decode import DecodedVideo
 
-__all__ = ["cuda_device_count", "decode_dali", "is_available"]
+__all__ = ["DEVICES", "cuda_device_count", "dali_installed", "decode_dali", "is_available"]
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +68,38 @@ def cuda_device_count() -> int:
         nvml.nvmlShutdown()
 
 
+def dali_installed() -> bool:
+    """Whether the ``nvidia.dali`` package can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ImportError:  # no `nvidia` namespace package at all
+        return False
+
+
 def is_available() -> bool:
     """Whether DALI is installed and a CUDA GPU is visible."""
-    try:
-        installed = importlib.util.find_spec("nvidia.dali") is not None
-    except ImportError:  # no `nvidia` namespace package at all
-        installed = False
-    return installed and cuda_device_count() > 0
+    return dali_installed() and cuda_device_count() > 0
+
+
+#: Where :func:`decode_dali` decodes: ``gpu`` (NVDEC, the ``dali`` backend) or ``cpu`` (DALI's
+#: CPU decoder, which reads VP8, VP9 and MJPEG only; used to test this module without a GPU).
+DEVICES = ("gpu", "cpu")
 
 
 @functools.lru_cache(maxsize=4)
-def _pipeline(size: int, device_id: int):
+def _pipeline(size: int, device_id: int | None, device: str = "gpu"):
     """Build (once per process, output size and device) the decode-resize-crop pipeline."""
     from nvidia.dali import fn, pipeline_def, types
 
+    # The same graph on either device: only where decoding happens changes ("mixed" is CPU
+    # demuxing feeding NVDEC, whose frames then stay on the GPU for resize and crop).
+    decoder = "mixed" if device == "gpu" else "cpu"
+
     @pipeline_def(
-        batch_size=1, num_threads=1, device_id=device_id, prefetch_queue_depth=1
+        batch_size=1,
+        num_threads=1,
+        device_id=device_id if device == "gpu" else None,
+        prefetch_queue_depth=1,
     )
     def video_pipeline():
         encoded = fn.external_source(
@@ -90,7 +110,7 @@ def _pipeline(size: int, device_id: int):
         )
         # `frames` is an argument input: any order, repeats allowed, one list per sample.
         video = fn.decoders.video(
-            encoded, device="mixed", frames=frames
+            encoded, device=decoder, frames=frames
         )  # (F, H, W, 3) uint8
         video = fn.resize(
             video, resize_shorter=size, antialias=True, interp_type=types.INTERP_LINEAR
@@ -113,9 +133,11 @@ def _first_frame(cc, packets):
     return None
 
 
-def _run_dali(path: Path, indices: list[int], size: int, device_id: int) -> np.ndarray:
-    """Decode ``indices`` of ``path`` on the GPU; returns uint8 ``(R, S, S, 3)``."""
-    pipe = _pipeline(size, device_id)
+def _run_dali(
+    path: Path, indices: list[int], size: int, device_id: int, device: str = "gpu"
+) -> np.ndarray:
+    """Decode ``indices`` of ``path`` with DALI on ``device``; returns uint8 ``(R, S, S, 3)``."""
+    pipe = _pipeline(size, device_id, device)
     pipe.feed_input("encoded", [np.fromfile(path, dtype=np.uint8)])
     pipe.feed_input("frames", [np.asarray(indices, dtype=np.int32)])
     try:
@@ -124,11 +146,12 @@ def _run_dali(path: Path, indices: list[int], size: int, device_id: int) -> np.n
         # A pipeline that raised may hold a half-run iteration: build a fresh one next time.
         _pipeline.cache_clear()
         raise
-    return np.asarray(out.as_cpu().as_array()[0])
+    host = out.as_cpu() if device == "gpu" else out
+    return np.asarray(host.as_array()[0])
 
 
 def decode_dali(
-    path: Path, num_frames: int, size: int, device_id: int = 0
+    path: Path, num_frames: int, size: int, device_id: int = 0, device: str = "gpu"
 ) -> DecodedVideo:
     """Decode ``num_frames`` frames at the segment midpoints of a video on the GPU.
 
@@ -137,6 +160,8 @@ def decode_dali(
         num_frames: R, frames to return.
         size: S, the output side in pixels.
         device_id: CUDA device to decode on.
+        device: ``gpu``, or ``cpu`` to run the same pipeline with DALI's CPU decoder (VP8,
+            VP9 and MJPEG only; other codecs fall back to the ``ffmpeg`` backend).
 
     Returns:
         A :class:`~pipeline.decode.DecodedVideo` with ``frames`` uint8 ``(R, S, S, 3)``;
@@ -159,7 +184,7 @@ def decode_dali(
         return decode_pyav(path, num_frames, size)
     indices = segment_midpoints(index.num_frames, num_frames)
     try:
-        frames = _run_dali(path, indices, size, device_id)
+        frames = _run_dali(path, indices, size, device_id, device)
     except Exception as exc:  # noqa: BLE001 - DALI raises assorted errors with C++ messages
         log.info("%s: DALI could not decode (%s); using the ffmpeg backend", path, exc)
         return decode_pyav(path, num_frames, size)

@@ -4,14 +4,18 @@ The run is a deterministic plan (records sorted by video id, video ``k`` in shar
 ``k // shard_size``; on ``N`` nodes, node ``r`` owns the shards whose number is ``r`` modulo
 ``N``). Workers write whole shards, each committed atomically, so a run killed at any moment
 resumes by writing exactly the shards that are missing. ``index.json`` is written last.
+``--retry-failed`` re-attempts the videos of ``errors.jsonl`` (see :mod:`pipeline.shard_retry`).
+SIGINT and SIGTERM stop the run with :class:`ShardInterrupted`, whose message says how to resume.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -31,7 +35,9 @@ from pipeline.index import (
     read_errors,
     write_errors,
 )
+from pipeline.interrupt import ShardInterrupted, Terminated, terminate_as_interrupt
 from pipeline.records import SHARD_FORMAT_VERSION
+from pipeline.shard_retry import reconcile_errors, retry_shards, shard_names
 from pipeline.shard_worker import (
     ShardResult,
     ShardTask,
@@ -42,7 +48,13 @@ from pipeline.shard_worker import (
     write_one_shard,
 )
 
-__all__ = ["ShardConfig", "ShardConfigMismatch", "ShardSummary", "write_shards"]
+__all__ = [
+    "ShardConfig",
+    "ShardConfigMismatch",
+    "ShardInterrupted",
+    "ShardSummary",
+    "write_shards",
+]
 
 
 class ShardConfigMismatch(RuntimeError):
@@ -71,6 +83,9 @@ class ShardConfig:
         strict: report failure (non-zero exit) when any video could not be written.
         num_nodes: machines splitting the plan; default: ``$WORLD_SIZE`` or 1.
         node_rank: this machine's rank; default: ``$RANK`` or 0.
+        columns: the columns of a generic ``.csv`` / ``.tsv`` file without a header row
+            (``caption,path``).
+        retry_failed: after finishing the run, re-attempt the videos of ``errors.jsonl``.
     """
 
     dataset: str
@@ -85,9 +100,12 @@ class ShardConfig:
     strict: bool = False
     num_nodes: int | None = None
     node_rank: int | None = None
+    columns: str | None = None
+    retry_failed: bool = False
 
     def __post_init__(self) -> None:
         from pipeline.decode import BACKENDS
+        from pipeline.manifests import parse_columns
 
         # torchrun sets WORLD_SIZE/RANK: each launched process is one "node" of the plan.
         if self.num_nodes is None:
@@ -117,6 +135,12 @@ class ShardConfig:
             problems.append(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not 0 <= self.node_rank < max(self.num_nodes, 1):
             problems.append(f"--node-rank must be in [0, {self.num_nodes}), got {self.node_rank}")
+        if self.retry_failed and self.num_nodes != 1:
+            problems.append("--retry-failed runs on one machine (after --merge-index)")
+        try:
+            parse_columns(self.columns)
+        except ValueError as exc:
+            problems.append(str(exc))
         if problems:
             raise ValueError("invalid shard config:\n  " + "\n  ".join(problems))
 
@@ -138,6 +162,8 @@ class ShardSummary:
     nothing_to_do: bool = False
     index: str | None = None
     notes: list[str] = field(default_factory=list)
+    retried: int = 0
+    recovered: int = 0
 
     def format(self) -> str:
         """A human-readable summary for the end of the command."""
@@ -152,6 +178,9 @@ class ShardSummary:
                 f"{self.wall_s:.1f} s ({rate:.2f} videos/s)"
             )
         lines = [head] + self.notes
+        if self.retried:
+            lines.append(f"retried {self.retried} failed videos: {self.recovered} now written, "
+                         f"{self.retried - self.recovered} still fail")
         if self.errors_total:
             lines.append(
                 f"{self.errors_total} videos could not be sharded: see {self.out}/errors.jsonl"
@@ -165,6 +194,7 @@ def _resolved_config(
     """The config saved beside the shards: options, resolved names and the plan's identity."""
     ids = "\n".join(r.video_id for task in plan for r in task.records)
     resolved = asdict(config)
+    del resolved["retry_failed"]  # an action of one invocation, not a setting of the shards
     resolved.update(
         dataset=dataset,
         dataset_option=config.dataset,
@@ -240,12 +270,21 @@ def _run_tasks(
             initializer=init_worker,
             initargs=(queue, os.getpid()),
         ) as pool:
-            pending = {pool.submit(run_in_worker, task, settings) for task in todo}
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            try:
+                pending = {pool.submit(run_in_worker, task, settings) for task in todo}
+                while pending:
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    _drain(queue, tick)
+                    results += [f.result() for f in done]
                 _drain(queue, tick)
-                results += [f.result() for f in done]
-            _drain(queue, tick)
+            except KeyboardInterrupt:
+                # Leaving the `with` would wait for every running shard to finish: stop the
+                # workers now (their *.tmp files are swept on resume). The executor has no
+                # public way to do this.
+                for process in list(pool._processes.values()):
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     finally:
         bar.close()
     return results
@@ -269,7 +308,8 @@ def _finish(
     """Write ``errors.jsonl`` and ``index.json`` (or this node's partial index); join partials."""
     notes: list[str] = []
     if config.num_nodes == 1:
-        names = [t.name for t in plan]
+        names = shard_names(out, plan)  # with the shards of earlier --retry-failed runs
+        reconcile_errors(out, names, plan)
         write_errors(out, names)
         atomic_write_json(out / INDEX_NAME, build_index(out, names, resolved))
         return str(out / INDEX_NAME), notes
@@ -295,21 +335,38 @@ def write_shards(config: ShardConfig, progress: bool = True) -> ShardSummary:
 
     Returns:
         The run's summary. Videos that could not be read or decoded are counted in
-        ``failed`` and recorded in ``errors.jsonl``; they never stop the run.
+        ``failed`` and recorded in ``errors.jsonl``; they never stop the run. With
+        ``retry_failed``, ``retried`` and ``recovered`` count the videos re-attempted and
+        those that now decode.
 
     Raises:
         pipeline.manifests.ManifestError: the manifest cannot be read.
         ShardConfigMismatch: ``config.out`` holds a different run's shards.
+        ShardInterrupted: SIGINT or SIGTERM; the message says how to resume.
     """
+    try:
+        with terminate_as_interrupt():
+            return _write_shards(config, progress)
+    except KeyboardInterrupt as exc:
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        raise ShardInterrupted(
+            f"interrupted by {signal.Signals(signum).name}: the complete shards in {config.out} "
+            "are kept; run the same command again to resume (it writes only what is missing)",
+            signum,
+        ) from None
+
+
+def _write_shards(config: ShardConfig, progress: bool) -> ShardSummary:
     from pipeline.decode import resolve_backend
-    from pipeline.manifests import load_records, resolve_dataset
+    from pipeline.manifests import load_records, parse_columns, resolve_dataset
 
     start = time.perf_counter()
     out = Path(config.out)
     backend = resolve_backend(config.backend)
+    columns = parse_columns(config.columns)
     # A generic annotation file's descriptor is named after its stem: that names the shards.
-    dataset = resolve_dataset(config.dataset, Path(config.root)).name
-    records = load_records(config.dataset, Path(config.root), config.split)
+    dataset = resolve_dataset(config.dataset, Path(config.root), columns).name
+    records = load_records(config.dataset, Path(config.root), config.split, columns)
     plan = make_plan(records, dataset, config.split, config.shard_size)
     own = [t for t in plan if t.index % config.num_nodes == config.node_rank]
     resolved = _resolved_config(config, dataset, backend, plan)
@@ -325,24 +382,33 @@ def write_shards(config: ShardConfig, progress: bool = True) -> ShardSummary:
         if config.num_nodes == 1
         else partial_index_name(config.node_rank, config.num_nodes)
     )
+    settings = WorkerSettings(
+        dataset, config.split, str(Path(config.root)), str(out), config.frames, config.size,
+        backend,
+    )
     if not todo and finished_index.exists():
-        summary.nothing_to_do = True
+        summary.nothing_to_do = not config.retry_failed
     else:
-        settings = WorkerSettings(
-            dataset,
-            config.split,
-            str(Path(config.root)),
-            str(out),
-            config.frames,
-            config.size,
-            backend,
-        )
         results = _run_tasks(todo, settings, config.workers, progress)
         summary.written = sum(r.samples for r in results)
         summary.failed = sum(r.errors for r in results)
         summary.shards_written = len(results)
         summary.bytes = sum((out / r.name).stat().st_size for r in results)
         summary.index, summary.notes = _finish(out, config, resolved, plan, own)
-    summary.errors_total = sum(len(read_errors(out / errors_sidecar(t.name))) for t in own)
+    if config.retry_failed:
+        retry = retry_shards(out, plan, config.shard_size)
+        settings = dataclasses.replace(settings, commit_empty=False)
+        results = _run_tasks(retry, settings, config.workers, progress)
+        committed = [r for r in results if r.committed]
+        summary.retried = sum(r.videos for r in results)
+        summary.recovered = sum(r.samples for r in results)
+        summary.written += summary.recovered
+        summary.shards_written += len(committed)
+        summary.bytes += sum((out / r.name).stat().st_size for r in committed)
+        summary.index, summary.notes = _finish(out, config, resolved, plan, own)
+        if not retry:
+            summary.notes.append(f"nothing to retry: no video failed in {out}")
+    names = shard_names(out, plan) if config.num_nodes == 1 else [t.name for t in own]
+    summary.errors_total = sum(len(read_errors(out / errors_sidecar(n))) for n in names)
     summary.wall_s = time.perf_counter() - start
     return summary

@@ -57,7 +57,12 @@ class ShardTask:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What a worker needs to turn records into samples (all resolved, picklable)."""
+    """What a worker needs to turn records into samples (all resolved, picklable).
+
+    ``commit_empty``: commit a shard none of whose videos decoded (a plan shard must exist;
+    a retry shard that would hold nothing is dropped, so retrying what still fails writes
+    nothing).
+    """
 
     dataset: str
     split: str
@@ -66,16 +71,19 @@ class WorkerSettings:
     frames: int
     size: int
     backend: str
+    commit_empty: bool = True
 
 
 @dataclass(frozen=True)
 class ShardResult:
-    """What one shard's writing produced: videos attempted, samples written, errors recorded."""
+    """What one shard's writing produced: videos attempted, samples written, errors recorded,
+    and whether the shard was committed (see ``WorkerSettings.commit_empty``)."""
 
     name: str
     videos: int
     samples: int
     errors: int
+    committed: bool = True
 
 
 def sanitise_keys(video_ids: list[str]) -> list[str]:
@@ -207,6 +215,9 @@ def write_one_shard(
                     on_video(error is not None)
         stream.flush()
         os.fsync(stream.fileno())
+    if not samples and not settings.commit_empty:
+        tmp.unlink()
+        return ShardResult(task.name, len(task.records), 0, len(errors), committed=False)
     if errors:
         atomic_write_bytes(
             sidecar, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode()
@@ -239,6 +250,9 @@ def init_worker(queue: Any, parent: int) -> None:
     """Pool initializer: tie the worker's life to the parent, keep the progress queue."""
     global _PROGRESS
     _die_with_parent(parent)
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and stops us), so
+    # the user sees one message saying how to resume, not a traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _PROGRESS = queue
 
 

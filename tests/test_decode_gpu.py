@@ -18,8 +18,8 @@ import pytest
 
 from pipeline import decode_dali
 from pipeline.decode import decode_video, resolve_backend
-from pipeline.sampling import segment_midpoints
-from tests.videos import make_video, read_index, remux
+from tests.decode_checks import assert_matches_ffmpeg
+from tests.videos import make_video, remux
 
 pytestmark = [
     pytest.mark.gpu,
@@ -73,19 +73,7 @@ def test_dali_matches_ffmpeg(gpu_videos, name):
     cpu = decode_video(gpu_videos[name], R, S, backend="ffmpeg")
     gpu = decode_video(gpu_videos[name], R, S, backend="dali")
     assert gpu.backend == "dali"
-    assert gpu.num_frames == cpu.num_frames
-    assert gpu.indices == cpu.indices == segment_midpoints(cpu.num_frames, R)
-    assert gpu.frames.shape == (R, S, S, 3) and gpu.frames.dtype == np.uint8
-    assert (gpu.width, gpu.height, gpu.rotation) == (
-        cpu.width,
-        cpu.height,
-        cpu.rotation,
-    )
-    turns = TURNS.get(name, 0)
-    assert [read_index(np.rot90(f, -turns)) for f in gpu.frames] == gpu.indices
-    diff = np.abs(gpu.frames.astype(np.int16) - cpu.frames.astype(np.int16))
-    per_frame = diff.reshape(R, -1).mean(axis=1)
-    assert per_frame.max() <= MEAN_TOL, per_frame.tolist()
+    assert_matches_ffmpeg(gpu, cpu, S, TURNS.get(name, 0), MEAN_TOL)
 
 
 def test_video_nvdec_cannot_decode_falls_back_to_ffmpeg(gpu_videos):

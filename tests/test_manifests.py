@@ -270,7 +270,7 @@ def test_msrvtt_reports_every_problem(tmp_path):
     write_csv(tmp_path / "MSRVTT_JSFUSION_test.csv", ["key", "video_id", "caption"],
               [["ret0", "video4", "x"]])
     with pytest.raises(ManifestError) as info:
-        load_records("msrvtt", tmp_path, "train")
+        load_splits("msrvtt", tmp_path)
     sentence_line = object_line(tmp_path / "MSRVTT_data.json", '"caption": ""')
     assert_reports(
         info.value,
@@ -341,7 +341,7 @@ def test_msvd_reports_every_problem(tmp_path):
     write_msvd(tmp_path, captions, {"train": ["a_1_2", "b_1_2", "c_1_2"],
                                     "val": ["d_1_2", "gone_1_2"], "test": ["a_1_2"]})
     with pytest.raises(ManifestError) as info:
-        load_records("msvd", tmp_path, "test")
+        load_splits("msvd", tmp_path)
     assert_reports(info.value,
                    ("raw-captions.pkl", None, "video 'b_1_2' has no captions"),
                    ("raw-captions.pkl", None, "video 'c_1_2': caption 1 is not a list of token"),
@@ -390,7 +390,7 @@ def test_didemo_reports_every_problem(tmp_path):
                  {"test": [c, "missing.mp4"]})
     (tmp_path / "val_data.json").write_text('{"video": "x"}')
     with pytest.raises(ManifestError) as info:
-        load_records("didemo", tmp_path, "test")
+        load_splits("didemo", tmp_path)
     empty_moment = object_line(tmp_path / "train_data.json", '"description": ""')
     assert_reports(info.value,
                    ("train_data.json", empty_moment, "moment 2: moment of '1234@N05"),
@@ -398,7 +398,7 @@ def test_didemo_reports_every_problem(tmp_path):
                    ("test_list.txt", 2, "'missing.mp4' is listed in test but has no"))
     (tmp_path / "val_data.json").write_text(json.dumps([{"video": b, "description": "x"}]))
     with pytest.raises(ManifestError, match=re.escape(f"{b!r} is in both train")):
-        load_records("didemo", tmp_path, "test")
+        load_splits("didemo", tmp_path)
 
 
 # --- full-size counts ------------------------------------------------------------------------

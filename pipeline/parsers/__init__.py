@@ -1,15 +1,15 @@
-"""Annotation parsers, one module per official format plus the generic csv/jsonl format.
+"""Annotation parsers, one module per official format plus the generic csv/tsv/jsonl format.
 
 Each parser is a :class:`~pipeline.parsers.common.Format`: the schema its descriptors must
-follow and ``parse(descriptor, root, log) -> list[Entry]``, which reads every split of the
-annotation set, records each problem in ``log`` (file and line) and carries on.
+follow and ``parse(descriptor, root, log, splits) -> list[Entry]``, which reads the given splits of
+the annotation set, records each problem in ``log`` (file and line) and carries on.
 """
 
 from __future__ import annotations
 
 from pipeline.parsers.common import Format
 from pipeline.parsers.didemo import DIDEMO
-from pipeline.parsers.generic import CSV, JSONL
+from pipeline.parsers.generic import CSV, JSONL, TSV
 from pipeline.parsers.msrvtt import MSRVTT
 from pipeline.parsers.msvd import MSVD
 
@@ -22,4 +22,5 @@ FORMATS: dict[str, Format] = {
     "jsonl": JSONL,
     "msrvtt": MSRVTT,
     "msvd": MSVD,
+    "tsv": TSV,
 }

@@ -45,11 +45,14 @@ class Problem:
         file: the file as shown to the user (relative to the dataset root when inside it).
         line: 1-based line number, or ``None`` where the format has no lines (a pickle).
         message: what is wrong, naming the item.
+        kind: ``duplicate`` for a video listed twice (or in two splits, or two entries naming
+            one file), else ``error``; ``mof-cli check`` counts the two apart.
     """
 
     file: str
     line: int | None
     message: str
+    kind: str = "error"
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
@@ -94,9 +97,9 @@ class ProblemLog:
                 pass
         return str(path)
 
-    def add(self, file: Path | str, line: int | None, message: str) -> None:
-        """Record one problem."""
-        self.problems.append(Problem(self.show(file), line, message))
+    def add(self, file: Path | str, line: int | None, message: str, kind: str = "error") -> None:
+        """Record one problem (``kind``: see :class:`Problem`)."""
+        self.problems.append(Problem(self.show(file), line, message, kind))
 
     def raise_if_any(self, context: str) -> None:
         """Raise one :class:`ManifestError` listing every recorded problem, if there is any."""
@@ -157,6 +160,8 @@ class Descriptor:
         expected_videos: split -> the number of videos the official files list.
         source: where the official files come from (names only).
         path: the descriptor file, ``None`` for a generic annotation file.
+        columns: the column names of a generic ``.csv`` / ``.tsv`` file without a header row
+            (``("caption", "path")``); empty when the first row is the header.
     """
 
     name: str
@@ -170,6 +175,7 @@ class Descriptor:
     expected_videos: Mapping[str, int] = field(default_factory=dict)
     source: str = ""
     path: Path | None = None
+    columns: tuple[str, ...] = ()
 
     @property
     def split_names(self) -> tuple[str, ...]:
@@ -214,10 +220,14 @@ class Entry:
 
 @dataclass(frozen=True)
 class Format:
-    """A parser: its descriptor schema and ``parse(descriptor, root, log) -> entries``."""
+    """A parser: its descriptor schema and ``parse(descriptor, root, log, splits) -> entries``.
+
+    ``splits`` names the splits to read (never aliases): a parser opens only the files those
+    splits need, so a user holding one split's annotations can shard or check that split.
+    """
 
     schema: FormatSchema
-    parse: Callable[[Descriptor, Path, ProblemLog], list[Entry]]
+    parse: Callable[[Descriptor, Path, ProblemLog, tuple[str, ...]], list[Entry]]
 
 
 def check_video_id(video_id: Any) -> str | None:
@@ -259,8 +269,8 @@ def assign_splits(
                 owner[video_id] = (split, where)
             elif owner[video_id][0] == split:
                 log.add(file, int(line), f"{video_id!r} is listed twice in {split} "
-                                         f"(first at {owner[video_id][1]})")
+                                         f"(first at {owner[video_id][1]})", "duplicate")
             else:
                 log.add(file, int(line), f"{video_id!r} is in both {owner[video_id][0]} "
-                                         f"({owner[video_id][1]}) and {split}")
+                                         f"({owner[video_id][1]}) and {split}", "duplicate")
     return owner

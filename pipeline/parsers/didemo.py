@@ -84,15 +84,18 @@ def _split_members(
     return members
 
 
-def parse(desc: Descriptor, root: Path, log: ProblemLog) -> list[Entry]:
-    """Entries of every split; a video in two splits is a problem."""
+def parse(
+    desc: Descriptor, root: Path, log: ProblemLog, splits: tuple[str, ...]
+) -> list[Entry]:
+    """Entries of ``splits``; a video in two of them is a problem."""
     moments: dict[str, dict[str, list[str]]] = {}
     members: dict[str, list[tuple[str, str]]] = {}
-    for split in desc.split_names:
+    for split in splits:
         file = desc.expect(root, desc.splits[split].files["captions"], log)
         found = _read_moments(file, log) if file else ({}, str)
         moments[split] = found[0]
-        members[split] = _split_members(desc, root, split, found, log)
+        # Without its JSON, the list's videos cannot be checked: one problem, not one each.
+        members[split] = _split_members(desc, root, split, found, log) if file else []
     owner = assign_splits(members, log)
     return [
         Entry(video, split, moments[split][video], where)

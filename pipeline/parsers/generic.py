@@ -1,15 +1,27 @@
-"""The generic annotation format: a ``.csv`` or ``.jsonl`` file that names each video's path.
+"""The generic annotation format: a ``.csv``, ``.tsv`` or ``.jsonl`` file naming each video's path.
 
-Each row (CSV) or line (JSONL) has ``path`` (relative to the dataset root), ``split`` and a
+Each row (CSV/TSV) or line (JSONL) has ``path`` (relative to the dataset root), ``split`` and a
 ``caption`` string or a ``captions`` list (in CSV, a JSON list in one cell); ``video_id`` is
 optional and defaults to the path without its last extension. Rows that share a video id
 accumulate their captions in file order, duplicates kept. The ``synthetic`` dataset's
 ``annotations.jsonl`` is a file of this format.
+
+Dialects found in the wild: a ``.csv`` may be delimited by commas, semicolons (spreadsheets in
+many locales) or tabs, and the delimiter is recognised from the file; a ``.tsv`` is
+tab-delimited. A file without a header row (``caption<TAB>path``, as Conceptual Captions and
+the tools built on it write them) is read with its column names given by the descriptor's
+``columns`` (``--columns caption,path``). A file without a ``split`` column holds one split:
+its rows belong to the split asked for.
+
+Default ids that collide (``clip.mp4`` and ``clip.avi`` in one folder) keep their extension
+(``clip.mp4``, ``clip.avi``); ids are worked out over the whole file, so a video has the same
+id whichever split is read.
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -23,9 +35,25 @@ from pipeline.parsers.common import (
 )
 from pipeline.parsers.readers import read_csv, read_lines
 
-__all__ = ["CSV", "JSONL", "SCHEMA", "default_video_id", "parse_csv", "parse_jsonl"]
+__all__ = [
+    "COLUMNS",
+    "CSV",
+    "JSONL",
+    "SCHEMA",
+    "TSV",
+    "default_video_id",
+    "parse_csv",
+    "parse_jsonl",
+    "parse_tsv",
+]
 
 SCHEMA = FormatSchema(annotations={"file": True}, videos=False)
+
+#: Columns a generic file may have.
+COLUMNS = ("video_id", "path", "caption", "captions", "split")
+
+# A parsed row that passed its checks: line, row, normalised path, captions.
+_Row = tuple[int, dict[str, Any], str, list[str]]
 
 
 def default_video_id(path: str) -> str:
@@ -64,46 +92,104 @@ def _row_problems(desc: Descriptor, row: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _collect(
-    desc: Descriptor, file: Path, rows: list[tuple[int, dict[str, Any]]], log: ProblemLog
-) -> list[Entry]:
-    """Rows -> one entry per video id; conflicting paths or splits of one id are problems."""
-    videos: dict[str, Entry] = {}
-    owner_of_path: dict[str, str] = {}
-    shown = log.show(file)
+def _checked_rows(
+    desc: Descriptor, file: Path, rows: list[tuple[int, dict[str, Any]]], log: ProblemLog,
+    splits: tuple[str, ...], fill: str | None,
+) -> list[_Row]:
+    """Rows that pass their checks, of every split; problems of rows in ``splits`` are logged.
+
+    A row whose split is not a split of the dataset belongs to none, so its problems are
+    always reported; other splits' rows are checked only when those splits are read. ``fill``
+    is the split of every row of a file without a split column.
+    """
+    good = []
     for line, row in rows:
+        if fill is not None:
+            row = {**row, "split": fill}
         problems = _row_problems(desc, row)
         captions, caption_problem = _captions(row)
         problems += [caption_problem] if caption_problem else []
-        for message in problems:
-            log.add(file, line, message)
-        if problems:
-            continue
-        path = PurePosixPath(row["path"].strip()).as_posix()
-        video_id = row["video_id"].strip() if "video_id" in row else default_video_id(path)
-        known = videos.get(video_id)
+        if row.get("split") in splits or row.get("split") not in desc.split_names:
+            for message in problems:
+                log.add(file, line, message)
+        if not problems:
+            good.append((line, row, PurePosixPath(row["path"].strip()).as_posix(), captions))
+    return good
+
+
+def _video_ids(rows: list[_Row]) -> list[str]:
+    """Each row's video id: its ``video_id``, else its default id.
+
+    Default ids that two different files would share keep their extension (the whole path),
+    so ``clip.mp4`` and ``clip.avi`` become two videos instead of one conflict.
+    """
+    paths_of: dict[str, set[str]] = defaultdict(set)
+    for _, row, path, _ in rows:
+        if "video_id" not in row:
+            paths_of[default_video_id(path)].add(path)
+    ids = []
+    for _, row, path, _ in rows:
+        if "video_id" in row:
+            ids.append(row["video_id"].strip())
+        else:
+            stem = default_video_id(path)
+            ids.append(path if len(paths_of[stem]) > 1 else stem)
+    return ids
+
+
+def _collect(
+    desc: Descriptor, file: Path, rows: list[tuple[int, dict[str, Any]]], log: ProblemLog,
+    splits: tuple[str, ...],
+) -> list[Entry]:
+    """Rows -> one entry per video id of ``splits``; conflicting paths or splits are problems.
+
+    Conflicts are looked for over the whole file, since it is read whole anyway: a video of
+    the split read that another split also lists is reported.
+    """
+    one_split = bool(rows) and all("split" not in row for _, row in rows)
+    if one_split and len(splits) > 1:
+        log.add(file, None, "no 'split' column: the file holds one split; name it (--split)")
+        return []
+    checked = _checked_rows(desc, file, rows, log, splits, splits[0] if one_split else None)
+    videos: dict[str, Entry] = {}
+    owner_of_path: dict[str, str] = {}
+    shown = log.show(file)
+
+    def report(line: int, first: Entry, split: str, message: str) -> None:
+        # A conflict with a row of another split is a problem of the split read.
+        if split in splits or first.split in splits:
+            log.add(file, line, message, "duplicate")
+
+    for (line, row, path, captions), video_id in zip(checked, _video_ids(checked), strict=True):
+        split, known = row["split"], videos.get(video_id)
         if known is None:
             if path in owner_of_path:
                 first = videos[owner_of_path[path]]
-                log.add(file, line, f"path {path!r} is already video {first.video_id!r} "
-                                    f"({first.source})")
+                report(line, first, split, f"path {path!r} is already video "
+                                           f"{first.video_id!r} ({first.source})")
                 continue
             owner_of_path[path] = video_id
-            videos[video_id] = Entry(video_id, row["split"], captions, f"{shown}:{line}", path)
-        elif known.split != row["split"] or known.path != path:
-            log.add(file, line, f"video {video_id!r} is {row['split']}/{path} here but "
-                                f"{known.split}/{known.path} at {known.source}")
+            videos[video_id] = Entry(video_id, split, captions, f"{shown}:{line}", path)
+        elif known.path != path:
+            report(line, known, split, f"video id {video_id!r} names both {known.path} "
+                                       f"({known.source}) and {path}; give each file its own "
+                                       "id in a 'video_id' column")
+        elif known.split != split:
+            report(line, known, split, f"video {video_id!r} is {split}/{path} here but "
+                                       f"{known.split}/{known.path} at {known.source}")
         else:
             known.captions.extend(captions)
-    return list(videos.values())
+    return [entry for entry in videos.values() if entry.split in splits]
 
 
 def _annotation_file(desc: Descriptor, root: Path, log: ProblemLog) -> Path | None:
     return desc.expect(root, desc.annotations["file"][0], log)
 
 
-def parse_jsonl(desc: Descriptor, root: Path, log: ProblemLog) -> list[Entry]:
-    """Entries of a JSON-lines file (one object per line; blank lines skipped)."""
+def parse_jsonl(
+    desc: Descriptor, root: Path, log: ProblemLog, splits: tuple[str, ...]
+) -> list[Entry]:
+    """Entries of ``splits`` in a JSON-lines file (one object per line; blank lines skipped)."""
     file = _annotation_file(desc, root, log)
     if file is None:
         return []
@@ -118,15 +204,18 @@ def parse_jsonl(desc: Descriptor, root: Path, log: ProblemLog) -> list[Entry]:
             log.add(file, line, f"expected a JSON object, got {type(row).__name__}")
             continue
         rows.append((line, row))
-    return _collect(desc, file, rows, log)
+    return _collect(desc, file, rows, log, splits)
 
 
-def parse_csv(desc: Descriptor, root: Path, log: ProblemLog) -> list[Entry]:
-    """Entries of a CSV file; empty cells count as absent, ``captions`` cells hold JSON lists."""
+def _parse_table(
+    desc: Descriptor, root: Path, log: ProblemLog, splits: tuple[str, ...],
+    delimiter: str | None,
+) -> list[Entry]:
     file = _annotation_file(desc, root, log)
     if file is None:
         return []
-    table = read_csv(file, log, required=("path", "split"), one_of=("caption", "captions"))
+    table = read_csv(file, log, required=("path",), one_of=("caption", "captions"),
+                     delimiter=delimiter, columns=desc.columns)
     rows = []
     for line, cells in table or []:
         row: dict[str, Any] = {k: v.strip() for k, v in cells.items() if v.strip()}
@@ -137,8 +226,26 @@ def parse_csv(desc: Descriptor, root: Path, log: ProblemLog) -> list[Entry]:
                 log.add(file, line, f"'captions' is not a JSON list: {err.msg}")
                 continue
         rows.append((line, row))
-    return _collect(desc, file, rows, log)
+    return _collect(desc, file, rows, log, splits)
+
+
+def parse_csv(
+    desc: Descriptor, root: Path, log: ProblemLog, splits: tuple[str, ...]
+) -> list[Entry]:
+    """Entries of ``splits`` in a CSV file delimited by commas, semicolons or tabs.
+
+    Empty cells count as absent; ``captions`` cells hold JSON lists.
+    """
+    return _parse_table(desc, root, log, splits, delimiter=None)
+
+
+def parse_tsv(
+    desc: Descriptor, root: Path, log: ProblemLog, splits: tuple[str, ...]
+) -> list[Entry]:
+    """Entries of ``splits`` in a tab-separated file; cells as in :func:`parse_csv`."""
+    return _parse_table(desc, root, log, splits, delimiter="\t")
 
 
 CSV = Format(SCHEMA, parse_csv)
+TSV = Format(SCHEMA, parse_tsv)
 JSONL = Format(SCHEMA, parse_jsonl)

@@ -104,9 +104,11 @@ def _read_list(
     return out
 
 
-def parse(desc: Descriptor, root: Path, log: ProblemLog) -> list[Entry]:
-    """Entries of every split; ids without captions or in two splits are problems."""
-    lists = {split: _read_list(desc, root, split, log) for split in desc.split_names}
+def parse(
+    desc: Descriptor, root: Path, log: ProblemLog, splits: tuple[str, ...]
+) -> list[Entry]:
+    """Entries of ``splits``; ids without captions or in two splits are problems."""
+    lists = {split: _read_list(desc, root, split, log) for split in splits}
     owner = assign_splits({s: [(v, w) for v, w, _ in rows] for s, rows in lists.items()}, log)
     needs_json = any(desc.splits[s].options["captions"] == "annotations" for s in lists)
     captions = _read_captions(desc, root, log) if needs_json else {}
@@ -116,6 +118,8 @@ def parse(desc: Descriptor, root: Path, log: ProblemLog) -> list[Entry]:
             if owner[video_id] != (split, where):
                 continue  # a duplicate, already reported
             found = [sentence] if sentence is not None else captions.get(video_id, [])
+            if not found and not captions:
+                continue  # no usable caption file: reported once, not once per video
             if not found:
                 file, _, line = where.rpartition(":")
                 log.add(file, int(line), f"{video_id!r} is listed in {split} but has no "

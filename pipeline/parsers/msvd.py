@@ -73,8 +73,14 @@ def _captions_of(video_id: Any, value: Any) -> tuple[list[str], str | None]:
     return captions, None
 
 
-def _read_pickle(desc: Descriptor, root: Path, log: ProblemLog) -> dict[str, list[str] | None]:
-    """video id -> captions; ``None`` for an id whose captions were reported unusable."""
+def _read_pickle(
+    desc: Descriptor, root: Path, log: ProblemLog, wanted: set[str]
+) -> dict[str, list[str] | None]:
+    """video id -> captions; ``None`` for an id whose captions are unusable.
+
+    The problems of the ``wanted`` ids (the videos of the splits read) are reported, and those
+    of keys that cannot be video ids at all; another split's bad captions are its own problem.
+    """
     file = desc.expect(root, desc.annotations["captions"][0], log)
     if file is None:
         return {}
@@ -88,18 +94,20 @@ def _read_pickle(desc: Descriptor, root: Path, log: ProblemLog) -> dict[str, lis
         return {}
     out = {}
     for video_id, value in data.items():
-        problem = check_video_id(video_id)
-        captions, problem = ([], problem) if problem else _captions_of(video_id, value)
-        if problem:
+        bad_id = check_video_id(video_id)
+        captions, problem = ([], bad_id) if bad_id else _captions_of(video_id, value)
+        if bad_id or (problem and video_id in wanted):
             log.add(file, None, problem)
         out[video_id] = None if problem else captions
     return out
 
 
-def parse(desc: Descriptor, root: Path, log: ProblemLog) -> list[Entry]:
-    """Entries of every split; listed ids missing from the pickle are problems."""
+def parse(
+    desc: Descriptor, root: Path, log: ProblemLog, splits: tuple[str, ...]
+) -> list[Entry]:
+    """Entries of ``splits``; listed ids missing from the pickle are problems."""
     members: dict[str, list[tuple[str, str]]] = {}
-    for split in desc.split_names:
+    for split in splits:
         file = desc.expect(root, desc.splits[split].files["list"], log)
         lines = read_lines(file, log) if file else []
         shown = log.show(file) if file else ""
@@ -111,7 +119,7 @@ def parse(desc: Descriptor, root: Path, log: ProblemLog) -> list[Entry]:
             else:
                 members[split].append((video_id, f"{shown}:{line}"))
     owner = assign_splits(members, log)
-    captions = _read_pickle(desc, root, log)
+    captions = _read_pickle(desc, root, log, set(owner))
     entries = []
     for video_id, (split, where) in owner.items():
         if captions.get(video_id):

@@ -14,13 +14,13 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.parsers.common import ProblemLog
 
-__all__ = ["JsonLocator", "read_csv", "read_json", "read_lines"]
+__all__ = ["JsonLocator", "read_csv", "read_json", "read_lines", "sniff_delimiter"]
 
 
 def _decode(path: Path, log: ProblemLog) -> str | None:
@@ -48,16 +48,66 @@ def read_lines(path: Path, log: ProblemLog) -> list[tuple[int, str]]:
     return [(n, s.strip()) for n, s in enumerate(_split_lines(text), 1) if s.strip()]
 
 
-def read_csv(
-    path: Path, log: ProblemLog, required: Iterable[str], one_of: Iterable[str] = ()
-) -> list[tuple[int, dict[str, str]]] | None:
-    """Rows of a CSV file with a header, keyed by column name, with their first line number.
+# Delimiters recognised in a .csv file; on a tie the earlier wins: a tab or a semicolon inside
+# a caption is rarer than a comma.
+_DELIMITERS = ("\t", ";", ",")
+_SNIFF_RECORDS = 50
+
+
+def _records(text: str, delimiter: str) -> list[list[str]]:
+    """The first non-blank records of ``text`` split by ``delimiter`` (empty if it fails)."""
+    out: list[list[str]] = []
+    try:
+        for cells in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter):
+            if any(c.strip() for c in cells):
+                out.append(cells)
+            if len(out) == _SNIFF_RECORDS:
+                break
+    except csv.Error:
+        return []
+    return out
+
+
+def sniff_delimiter(text: str, names: Iterable[str], width: int | None = None) -> str:
+    """The delimiter of a CSV text: comma, semicolon or tab.
 
     Args:
-        path: the file; quoted fields may hold commas, doubled quotes and newlines.
+        text: the file's text.
+        names: column names a header may hold.
+        width: for a file without a header, the number of columns each record has.
+
+    Returns:
+        With a header, the delimiter that splits the first record into the most known column
+        names; without one, the delimiter that splits the most of the first 50 records into
+        ``width`` fields. Ties go to tab, then semicolon, then comma.
+    """
+    known = set(names)
+
+    def score(delimiter: str) -> tuple[int, int]:
+        records = _records(text, delimiter)
+        if not records:
+            return (-1, 0)
+        if width is not None:
+            return (sum(len(r) == width for r in records), 0)
+        return (sum(c.strip() in known for c in records[0]), len(records[0]))
+
+    return max(_DELIMITERS, key=score)
+
+
+def read_csv(
+    path: Path, log: ProblemLog, required: Iterable[str], one_of: Iterable[str] = (),
+    delimiter: str | None = ",", columns: Sequence[str] = (),
+) -> list[tuple[int, dict[str, str]]] | None:
+    """Rows of a CSV file, keyed by column name, with their first line number.
+
+    Args:
+        path: the file; quoted fields may hold delimiters, doubled quotes and newlines.
         log: where problems go.
         required: columns that must be in the header.
         one_of: columns of which at least one must be in the header.
+        delimiter: the field delimiter; ``None`` recognises it (see :func:`sniff_delimiter`).
+        columns: the column names of a file without a header row (then every row is data);
+            empty when the first row is the header.
 
     Returns:
         ``(line, row)`` pairs (blank rows skipped), or ``None`` when the header lacks a column.
@@ -65,12 +115,17 @@ def read_csv(
     text = _decode(path, log)
     if text is None:
         return None
+    required, one_of = list(required), list(one_of)
+    if delimiter is None:
+        delimiter = sniff_delimiter(text, [*required, *one_of, *columns],
+                                    len(columns) if columns else None)
     # newline="" keeps each line's own ending, so CRLF files and newlines inside quoted
     # fields parse as the csv module expects, and line_num counts physical lines.
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header: list[str] | None = None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header: list[str] | None = list(columns) or None
     rows: list[tuple[int, dict[str, str]]] = []
     start = 1
+    shown = {",": "comma", ";": "semicolon", "\t": "tab"}.get(delimiter, repr(delimiter))
     try:
         for cells in reader:
             line, start = start, reader.line_num + 1
@@ -79,16 +134,17 @@ def read_csv(
             if header is None:
                 header = [c.strip() for c in cells]
                 missing = [c for c in required if c not in header]
-                alternatives = list(one_of)
-                if alternatives and not set(alternatives) & set(header):
-                    missing.append(" or ".join(alternatives))
+                if one_of and not set(one_of) & set(header):
+                    missing.append(" or ".join(one_of))
                 if missing:
-                    log.add(path, line, f"missing column(s) {', '.join(missing)}; "
-                                        f"header is {','.join(header)}")
+                    log.add(path, line, f"missing column(s) {', '.join(missing)}; header "
+                                        f"({shown}-delimited) is {delimiter.join(header)}")
                     return None
                 continue
             if len(cells) != len(header):
-                log.add(path, line, f"{len(cells)} fields, the header has {len(header)}")
+                log.add(path, line, f"{len(cells)} fields ({shown}-delimited), "
+                                    f"{'--columns gives' if columns else 'the header has'} "
+                                    f"{len(header)}")
                 continue
             rows.append((line, dict(zip(header, cells, strict=True))))
     except csv.Error as err:
