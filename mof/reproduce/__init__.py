@@ -5,7 +5,7 @@ most frames any cell needs), trains and evaluates every cell and seed that is no
 (:mod:`mof.reproduce.runner`), aggregates mean ± std over seeds
 (:mod:`mof.reproduce.aggregate`) and writes the table, the plots and optionally the README
 block (:mod:`mof.reproduce.outputs`, :mod:`mof.reproduce.report`, :mod:`mof.reproduce.plots`).
-See the README, section ``make reproduce-table4``.
+See docs/cli.md, section ``mof-cli reproduce table4``.
 """
 
 from __future__ import annotations
