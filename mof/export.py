@@ -6,7 +6,7 @@ uniform frames the store was initialised with, and the U learned frames de-norma
 store's mean/std), ``grid.png`` (the paper's Fig. 7 rows "regular (R)", "uniform init (U)",
 "MOF (U)" and a caption), optionally ``mof.mp4`` and, for Frozen models, the first block's
 text-to-patch attention overlays (:mod:`mof.attention_overlay`). ``OUT/summary.json`` lists
-every file and ``OUT/index.html`` shows the grids; the README section has the details.
+every file and ``OUT/index.html`` shows the grids; docs/cli.md has the details.
 
 The store is opened read-only and no lock is taken, so a run that is still training can be
 exported: each chunk (one video) lands by an atomic rename, so a frame read while the trainer

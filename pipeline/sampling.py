@@ -45,7 +45,7 @@ def uniform_subset(r_stored: int, u: int) -> list[int]:
     """Positions of ``u`` frames at the segment midpoints of ``r_stored`` stored frames.
 
     Used to initialise the learnable frames and to pick the test-time frames from a shard
-    sample that holds ``r_stored`` frames (DESIGN.md, "Sampling").
+    sample that holds ``r_stored`` frames (docs/decoding.md, "Which frames").
 
     Args:
         r_stored: frames stored per video in the shard (R).

@@ -75,7 +75,7 @@ class ShardConfig:
         root: dataset root directory; video paths are relative to it.
         split: ``train``, ``val`` or ``test``.
         out: output directory for shards, ``index.json`` and ``errors.jsonl``.
-        frames: R, frames stored per video (segment midpoints, see DESIGN.md "Sampling").
+        frames: R, frames stored per video (segment midpoints, see docs/decoding.md).
         size: S, frames are resized (short side) and centre-cropped to ``S x S`` pixels.
         backend: ``auto``, ``ffmpeg`` or ``dali``; ``auto`` is resolved once, up front.
         workers: decoding processes; each writes whole shards.

@@ -54,7 +54,7 @@ def _midpoints_by_definition(n: int, r: int) -> list[int]:
 
 
 def test_segment_midpoints_match_frozen_uniform_sampling():
-    # Frozen in Time's test-time sampling on the same inputs (research notes).
+    # Frozen in Time's test-time sampling gives these indices on the same inputs.
     assert segment_midpoints(10, 4) == [0, 3, 5, 8]
     assert segment_midpoints(300, 4) == [37, 112, 187, 262]
 

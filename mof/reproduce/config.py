@@ -24,7 +24,8 @@ _SELECT = ("last", "best")
 
 #: ``*-tiny`` models train from random weights: Frozen's temperature of 0.05 (made for a
 #: pre-trained model) leaves them longer at the collapsed start where every embedding is
-#: alike, 0.1 leaves it sooner (docs/table4-findings.md). Given ``--model-arg``s are merged in.
+#: alike, 0.1 leaves it sooner (docs/results/table4-findings.md). Given ``--model-arg``s are
+#: merged in.
 TINY_MODEL_ARGS: dict[str, Any] = {"temperature": 0.1}
 #: ``*-tiny`` models on the synthetic data: random crops of 64-px frames cut out the small
 #: objects the captions name.
@@ -32,11 +33,12 @@ TINY_TRAIN_ARGS: dict[str, Any] = {"augment": "none"}
 #: β, the frames' Adam learning rate: the paper's, and the one of ``*-tiny`` grids. The phase
 #: schedule gives each video one Adam step per epoch and Adam's steps are about β in size, so
 #: in a 6-epoch cell the paper's β moves a frame by at most ~0.005 (normalised units), far
-#: below what the model can see; 0.05 lets the frames move ~0.3 (docs/table4-findings.md).
+#: below what the model can see; 0.05 lets the frames move ~0.3 (docs/results/table4-findings.md).
 PAPER_FRAME_LR = 8e-4
 TINY_FRAME_LR = 0.05
 #: ``*-tiny`` models: epochs of the warm start. From random weights the loss stays at the
-#: collapsed 2 ln B for 2-4 epochs (seed-dependent) before it falls (docs/table4-findings.md).
+#: collapsed 2 ln B for 2-4 epochs (seed-dependent) before it falls
+#: (docs/results/table4-findings.md).
 TINY_WARM_START_EPOCHS = 10
 
 

@@ -7,7 +7,7 @@ first sits on a plateau where every video embedding is alike (the tiny ViT's ``[
 at ``2 ln B`` and the text side, learning only from video differences, stays collapsed too. How
 long that lasts is a matter of luck: in 6-epoch runs some seeds of a cell never left it and
 others did after 2 epochs, so seed spread swamped every difference between frame settings
-(``docs/table4-findings.md``).
+(``docs/results/table4-findings.md``).
 
 The warm start plays the part of the pre-trained checkpoint: a baseline trained on
 ``warm_start_frames`` uniform frames for ``warm_start_epochs`` epochs (seed 0), once per grid.
