@@ -33,8 +33,12 @@ __all__ = ["run_warm_start", "warm_start_dir", "warm_start_path", "warm_start_su
 
 
 def warm_start_dir(cfg: Table4Config) -> Path:
-    from mof.reproduce.runner import model_dir
+    """``WORK/<dataset>/<model>/warm-start`` (on the train split) or
+    ``.../warm-start-pretrain-n<N>-seed<K>`` (on that pre-training corpus)."""
+    from mof.reproduce.runner import _pretrain_name, model_dir
 
+    if cfg.resolved_pretrain_videos:
+        return model_dir(cfg) / f"warm-start-{_pretrain_name(cfg)}"
     return model_dir(cfg) / "warm-start"
 
 
@@ -77,7 +81,7 @@ def run_warm_start(cfg: Table4Config, shards: ShardPaths) -> dict[str, Any] | No
 
     where = warm_start_dir(cfg)
     run = where / "run"
-    config = cfg.warm_start_config(shards.train, str(run))
+    config = cfg.warm_start_config(shards.pretrain or shards.train, str(run), shards.test)
     done = where / "warm_start.json"
     if done.is_file():
         record = json.loads(done.read_text())
