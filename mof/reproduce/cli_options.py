@@ -60,7 +60,7 @@ _OPTIONS = [
                  help="Any other mof-cli train setting for every cell, e.g. augment=none; "
                       "repeatable."),
     _opt("--warm-start-epochs", "Epochs of the shared warm start every cell fine-tunes from "
-                                "(0: none) [default: 10 for *-tiny models, 0 otherwise].",
+                                "(0: none) [default: 16 for *-tiny models, 0 otherwise].",
          type=int),
     _opt("--warm-start-frames", "Uniform frames per video of the warm start.", type=int),
     _opt("--pretrain-videos", "Videos of the generated pre-training corpus the warm start "
