@@ -66,6 +66,8 @@ def test_warm_start_trains_on_the_generated_corpus(grid):
     record = json.loads((where / "warm_start.json").read_text())
     assert record["train_config"]["train"] == shards.pretrain
     assert record["metrics"]["t2v"]["count"] == 4 * 5  # evaluated on the test split
+    assert "from random weights, seed 0, on a generated pre-training corpus of 6 other videos" in (
+        Path(cfg.results) / "table4.md").read_text()
     run_config = (cell_dir(cfg, Cell(1), 0) / "run" / "config.yaml").read_text()
     assert f"init_from: {where / 'run' / 'checkpoints' / 'last'}" in run_config
 

@@ -16,6 +16,10 @@ cells differ only in what the paper varies: the frames seen in fine-tuning. Layo
 
     WORK/<dataset>/<model>/warm-start/run/           mof-cli train's RUN_DIR
     WORK/<dataset>/<model>/warm-start/warm_start.json  written last: loss curve summary
+
+With a pre-training corpus (``--pretrain-videos``, synthetic only) the warm start trains on the
+corpus instead of the train split, in ``warm-start-pretrain-n<N>-seed<K>/``: one directory per
+corpus, so each is reused as long as its settings stay the same.
 """
 
 from __future__ import annotations
@@ -111,7 +115,11 @@ def warm_start_summary(cfg: Table4Config) -> str:
     epochs = cfg.resolved_warm_start_epochs
     text = (f" Every cell and seed fine-tunes one warm start (a {cfg.warm_start_frames}-frame "
             f"baseline trained {epochs} epoch{'s' if epochs > 1 else ''} from random weights, "
-            "seed 0), as the paper's cells fine-tune a pre-trained Frozen")
+            "seed 0")
+    if cfg.resolved_pretrain_videos:
+        text += (f", on a generated pre-training corpus of {cfg.resolved_pretrain_videos} other "
+                 "videos")
+    text += "), as the paper's cells fine-tune a pre-trained Frozen"
     if record and record["epoch_loss"]:
         text += (f"; its mean training loss went from {record['epoch_loss'][0]:.2f} in the first "
                  f"epoch to {record['epoch_loss'][-1]:.2f} in the last (collapsed start: "
