@@ -11,7 +11,6 @@ import csv
 import json
 import math
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,17 +28,9 @@ from mof.reproduce.grid import (
 )
 from mof.reproduce.runner import cell_dir
 from mof.reproduce.warm_start import warm_start_dir, warm_start_path
+from tests.table4_micro import micro_config
 
 GRID = "1,16:1"
-
-
-def micro_config(base: Path, **overrides) -> Table4Config:
-    settings = {"work": str(base / "work"), "results": str(base / "results"), "grid": GRID,
-                "seeds": 1, "epochs": 1, "batch_size": 4, "eval_every": 1, "synth_train": 8,
-                "synth_test": 4, "jobs": 2, "progress": False, "warm_start_epochs": 1,
-                "train_args": {"augment": "none", "shuffle_buffer": 4}}
-    settings.update(overrides)
-    return Table4Config(**settings)
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +190,7 @@ def test_cli_report_only_and_usage_errors(micro, tmp_path):
     base = micro["base"]
     args = ["reproduce", "table4", "--work", str(base / "work"), "--grid", GRID, "--seeds", "2",
             "--epochs", "1", "--batch-size", "4", "--eval-every", "1", "--synth-train", "8",
-            "--warm-start-epochs", "1",
+            "--warm-start-epochs", "1", "--pretrain-videos", "0", "--warm-start-frames", "4",
             "--synth-test", "4", "--train-arg", "augment=none", "--train-arg",
             "shuffle_buffer=4", "--results", str(tmp_path / "r"), "--report-only", "--quiet"]
     result = CliRunner().invoke(main, args)

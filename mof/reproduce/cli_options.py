@@ -60,9 +60,12 @@ _OPTIONS = [
                  help="Any other mof-cli train setting for every cell, e.g. augment=none; "
                       "repeatable."),
     _opt("--warm-start-epochs", "Epochs of the shared warm start every cell fine-tunes from "
-                                "(0: none) [default: 10 for *-tiny models, 0 otherwise].",
+                                "(0: none) [default: 16 for *-tiny models, 0 otherwise].",
          type=int),
     _opt("--warm-start-frames", "Uniform frames per video of the warm start.", type=int),
+    _opt("--pretrain-videos", "Videos of the generated pre-training corpus the warm start "
+                              "trains on (synthetic only; 0: the train split) [default: 2500 "
+                              "for *-tiny models on synthetic, 0 otherwise].", type=int),
     _opt("--stored-frames", "Frames per video in the shards [default: the most a cell needs].",
          type=int),
     _opt("--size", "Frame side of the shards in pixels [default: the model's input size].",

@@ -15,9 +15,8 @@ from typing import Any
 
 from mof.reproduce.grid import DEFAULT_GRID, Cell, parse_grid
 
-__all__ = ["PAPER_FRAME_LR", "SYNTHETIC", "TINY_FRAME_LR", "TINY_MODEL_ARGS", "TINY_TRAIN_ARGS",
-           "TINY_WARM_START_EPOCHS",
-           "Table4Config"]
+__all__ = ["PAPER_FRAME_LR", "PRETRAIN_SEED", "SYNTHETIC", "TINY_FRAME_LR", "TINY_MODEL_ARGS",
+           "TINY_PRETRAIN_VIDEOS", "TINY_TRAIN_ARGS", "TINY_WARM_START_EPOCHS", "Table4Config"]
 
 SYNTHETIC = "synthetic"
 _SELECT = ("last", "best")
@@ -37,9 +36,16 @@ TINY_TRAIN_ARGS: dict[str, Any] = {"augment": "none"}
 PAPER_FRAME_LR = 8e-4
 TINY_FRAME_LR = 0.05
 #: ``*-tiny`` models: epochs of the warm start. From random weights the loss stays at the
-#: collapsed 2 ln B for 2-4 epochs (seed-dependent) before it falls
-#: (docs/results/table4-findings.md).
-TINY_WARM_START_EPOCHS = 10
+#: collapsed 2 ln B for 2-4 epochs (seed-dependent) before it falls (docs/results/table4-findings.md);
+#: on the pre-training corpus it still falls at epoch 14 (docs/laboratory.md).
+TINY_WARM_START_EPOCHS = 16
+#: ``*-tiny`` models on the synthetic dataset: videos of the pre-training corpus the warm start
+#: trains on, the analogue of Frozen's WebVid-2M: other videos of the same grammar, so that the
+#: model learns from more videos than the 1000 it is fine-tuned on (docs/laboratory.md).
+TINY_PRETRAIN_VIDEOS = 2500
+#: Seed of the pre-training corpus: the generated dataset uses seed 0, so the corpus holds other
+#: videos with other captions.
+PRETRAIN_SEED = 1
 
 
 @dataclass
@@ -77,6 +83,10 @@ class Table4Config:
             ``*-tiny`` models (random weights), 0 (none) otherwise (pre-trained weights come
             through ``model_args``).
         warm_start_frames: uniform frames per video of the warm start.
+        pretrain_videos: videos of the generated pre-training corpus (synthetic only, seed
+            :data:`PRETRAIN_SEED`) the warm start trains on instead of the train split; ``None``:
+            :data:`TINY_PRETRAIN_VIDEOS` for ``*-tiny`` models on ``synthetic``, 0 (the train
+            split) otherwise.
         stored_frames: frames per video in the shards; ``None``: the most any cell needs.
         size: frame side of the shards in pixels; ``None``: the model's input size.
         synth_train: training videos of the generated synthetic dataset.
@@ -111,7 +121,8 @@ class Table4Config:
     select: str = "last"
     train_args: dict[str, Any] = field(default_factory=dict)
     warm_start_epochs: int | None = None
-    warm_start_frames: int = 4
+    warm_start_frames: int = 8
+    pretrain_videos: int | None = None
     stored_frames: int | None = None
     size: int | None = None
     synth_train: int = 1000
@@ -144,6 +155,12 @@ class Table4Config:
         if self.warm_start_epochs is not None and (
                 not isinstance(self.warm_start_epochs, int) or self.warm_start_epochs < 0):
             problems.append(f"--warm-start-epochs must be >= 0, got {self.warm_start_epochs!r}")
+        if self.pretrain_videos is not None and (
+                not isinstance(self.pretrain_videos, int) or self.pretrain_videos < 0):
+            problems.append(f"--pretrain-videos must be >= 0, got {self.pretrain_videos!r}")
+        elif self.pretrain_videos and self.dataset != SYNTHETIC:
+            problems.append(f"--pretrain-videos: the pre-training corpus is generated, so it "
+                            f"needs --dataset {SYNTHETIC} (got {self.dataset})")
         if not isinstance(self.warm_start_frames, int) or self.warm_start_frames < 1:
             problems.append(f"--warm-start-frames must be a positive integer, got "
                             f"{self.warm_start_frames!r}")
@@ -198,6 +215,15 @@ class Table4Config:
         return TINY_WARM_START_EPOCHS if self.tiny else 0
 
     @property
+    def resolved_pretrain_videos(self) -> int:
+        """Videos of the pre-training corpus; 0 when there is none (or no warm start)."""
+        if not self.resolved_warm_start_epochs:
+            return 0
+        if self.pretrain_videos is not None:
+            return self.pretrain_videos
+        return TINY_PRETRAIN_VIDEOS if self.tiny and self.dataset == SYNTHETIC else 0
+
+    @property
     def resolved_frame_lr(self) -> float:
         if self.frame_lr is not None:
             return self.frame_lr
@@ -241,15 +267,18 @@ class Table4Config:
             settings["init_from"] = warm_start_path(self)
         return TrainConfig(**settings)
 
-    def warm_start_config(self, train: str, out: str):
-        """The ``TrainConfig`` of the warm start: a baseline on ``warm_start_frames``, seed 0."""
+    def warm_start_config(self, train: str, out: str, test: str | None = None):
+        """The ``TrainConfig`` of the warm start: a baseline on ``warm_start_frames``, seed 0,
+        evaluated on ``test`` every ``eval_every`` epochs (its learning curve) when given."""
         from mof.train.config import TrainConfig
 
         settings: dict[str, Any] = {
             "model": self.model, "model_args": self.resolved_model_args, "train": train,
-            "test": None, "out": out, "frames": str(self.warm_start_frames), "seed": 0,
+            "test": test if self.eval_every else None, "out": out,
+            "frames": str(self.warm_start_frames), "seed": 0,
             "epochs": self.resolved_warm_start_epochs, "batch_size": self.batch_size,
-            "lr": self.resolved_lr, "device": self.device, "workers": 0,
+            "lr": self.resolved_lr, "eval_every": max(self.eval_every, 1),
+            "device": self.device, "workers": 0,
         }
         settings.update(self.resolved_train_args)
         return TrainConfig(**settings)

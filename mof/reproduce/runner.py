@@ -3,6 +3,8 @@
 Layout under ``WORK/<dataset>/``::
 
     data/                                   the generated synthetic dataset (synthetic only)
+    pretrain-n<N>-seed<K>/                  the generated pre-training corpus (synthetic only)
+    shards/pretrain-n<N>-seed<K>-r<R>-s<S>/train/   its shards (the warm start's frames)
     shards/r<R>-s<S>/{train,test}/          R stored frames of S px per video (mof-cli shard)
     <model>/<cell>/seed<k>/run/             the training run (mof-cli train's RUN_DIR)
     <model>/<cell>/seed<k>/metrics.json     evaluation of the selected checkpoint (mof-cli eval)
@@ -58,10 +60,12 @@ class CellMismatch(ValueError):
 
 @dataclass
 class ShardPaths:
-    """The train and test shard directories every cell reads."""
+    """The train and test shard directories every cell reads, and the shards of the
+    pre-training corpus the warm start trains on (``None``: the warm start uses ``train``)."""
 
     train: str
     test: str
+    pretrain: str | None = None
 
 
 @dataclass
@@ -125,21 +129,64 @@ def _shard_root(cfg: Table4Config) -> tuple[Path, int, int]:
             frames, size)
 
 
+def _pretrain_name(cfg: Table4Config) -> str:
+    """The corpus directory's name, keyed by the settings that determine it."""
+    from mof.reproduce.config import PRETRAIN_SEED
+
+    return f"pretrain-n{cfg.resolved_pretrain_videos}-seed{PRETRAIN_SEED}"
+
+
+def _pretrain_shards(cfg: Table4Config) -> Path | None:
+    """``WORK/synthetic/shards/pretrain-n<N>-seed<K>-r<R>-s<S>/train`` (``None``: no corpus)."""
+    if not cfg.resolved_pretrain_videos:
+        return None
+    root, _, size = _shard_root(cfg)
+    name = f"{_pretrain_name(cfg)}-r{cfg.warm_start_frames}-s{size}"
+    return root.parent / name / "train"
+
+
 def shard_paths(cfg: Table4Config) -> ShardPaths:
     """Where :func:`prepare_data` puts the shards (whether or not they exist yet)."""
     root = _shard_root(cfg)[0]
-    return ShardPaths(train=str(root / "train"), test=str(root / "test"))
+    pretrain = _pretrain_shards(cfg)
+    return ShardPaths(train=str(root / "train"), test=str(root / "test"),
+                      pretrain=str(pretrain) if pretrain else None)
+
+
+def _write_split(cfg: Table4Config, root: str, split: str, out: Path, frames: int,
+                 size: int) -> None:
+    from pipeline.shard import ShardConfig, write_shards
+
+    summary = write_shards(ShardConfig(
+        dataset=cfg.dataset, root=root, split=split, out=str(out), frames=frames, size=size,
+        workers=2, shard_size=32), progress=cfg.progress)
+    if summary.errors_total:
+        print(f"{out}: {summary.errors_total} videos could not be decoded "
+              f"(see {out / 'errors.jsonl'})", flush=True)
+
+
+def _prepare_pretrain(cfg: Table4Config) -> None:
+    """Generate and shard the pre-training corpus (resumable; nothing when there is none)."""
+    out = _pretrain_shards(cfg)
+    if out is None:
+        return
+    from mof.reproduce.config import PRETRAIN_SEED
+    from pipeline.synth import SynthConfig, generate_synthetic
+
+    root = Path(cfg.work) / SYNTHETIC / _pretrain_name(cfg)
+    generate_synthetic(SynthConfig(out=root, seed=PRETRAIN_SEED, train=cfg.resolved_pretrain_videos,
+                                   test=0, progress=cfg.progress))
+    _write_split(cfg, str(root), "train", out, cfg.warm_start_frames, _shard_root(cfg)[2])
 
 
 def prepare_data(cfg: Table4Config) -> ShardPaths:
-    """Generate the synthetic dataset if needed, then shard train and test (both resumable).
+    """Generate the synthetic dataset if needed, then shard train and test (both resumable);
+    the same for the pre-training corpus when the grid has one.
 
     Raises:
         ValueError, RuntimeError: from ``mof-cli synth`` / ``mof-cli shard`` (bad manifest,
             settings that differ from what the directories hold, failed videos).
     """
-    from pipeline.shard import ShardConfig, write_shards
-
     root = cfg.root
     if cfg.dataset == SYNTHETIC and root is None:
         from pipeline.synth import SynthConfig, generate_synthetic
@@ -149,12 +196,8 @@ def prepare_data(cfg: Table4Config) -> ShardPaths:
                                        test=cfg.synth_test, progress=cfg.progress))
     shards, frames, size = _shard_root(cfg)
     for split in ("train", "test"):
-        summary = write_shards(ShardConfig(
-            dataset=cfg.dataset, root=root, split=split, out=str(shards / split), frames=frames,
-            size=size, workers=2, shard_size=32), progress=cfg.progress)
-        if summary.errors_total:
-            print(f"shards/{split}: {summary.errors_total} videos could not be decoded "
-                  f"(see {shards / split / 'errors.jsonl'})", flush=True)
+        _write_split(cfg, root, split, shards / split, frames, size)
+    _prepare_pretrain(cfg)
     return shard_paths(cfg)
 
 

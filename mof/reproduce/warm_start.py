@@ -16,6 +16,10 @@ cells differ only in what the paper varies: the frames seen in fine-tuning. Layo
 
     WORK/<dataset>/<model>/warm-start/run/           mof-cli train's RUN_DIR
     WORK/<dataset>/<model>/warm-start/warm_start.json  written last: loss curve summary
+
+With a pre-training corpus (``--pretrain-videos``, synthetic only) the warm start trains on the
+corpus instead of the train split, in ``warm-start-pretrain-n<N>-seed<K>/``: one directory per
+corpus, so each is reused as long as its settings stay the same.
 """
 
 from __future__ import annotations
@@ -33,8 +37,12 @@ __all__ = ["run_warm_start", "warm_start_dir", "warm_start_path", "warm_start_su
 
 
 def warm_start_dir(cfg: Table4Config) -> Path:
-    from mof.reproduce.runner import model_dir
+    """``WORK/<dataset>/<model>/warm-start`` (on the train split) or
+    ``.../warm-start-pretrain-n<N>-seed<K>`` (on that pre-training corpus)."""
+    from mof.reproduce.runner import _pretrain_name, model_dir
 
+    if cfg.resolved_pretrain_videos:
+        return model_dir(cfg) / f"warm-start-{_pretrain_name(cfg)}"
     return model_dir(cfg) / "warm-start"
 
 
@@ -77,7 +85,7 @@ def run_warm_start(cfg: Table4Config, shards: ShardPaths) -> dict[str, Any] | No
 
     where = warm_start_dir(cfg)
     run = where / "run"
-    config = cfg.warm_start_config(shards.train, str(run))
+    config = cfg.warm_start_config(shards.pretrain or shards.train, str(run), shards.test)
     done = where / "warm_start.json"
     if done.is_file():
         record = json.loads(done.read_text())
@@ -107,7 +115,11 @@ def warm_start_summary(cfg: Table4Config) -> str:
     epochs = cfg.resolved_warm_start_epochs
     text = (f" Every cell and seed fine-tunes one warm start (a {cfg.warm_start_frames}-frame "
             f"baseline trained {epochs} epoch{'s' if epochs > 1 else ''} from random weights, "
-            "seed 0), as the paper's cells fine-tune a pre-trained Frozen")
+            "seed 0")
+    if cfg.resolved_pretrain_videos:
+        text += (f", on a generated pre-training corpus of {cfg.resolved_pretrain_videos} other "
+                 "videos")
+    text += "), as the paper's cells fine-tune a pre-trained Frozen"
     if record and record["epoch_loss"]:
         text += (f"; its mean training loss went from {record['epoch_loss'][0]:.2f} in the first "
                  f"epoch to {record['epoch_loss'][-1]:.2f} in the last (collapsed start: "
