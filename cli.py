@@ -147,6 +147,91 @@ def eval_(quiet: bool, **options: object) -> None:
     click.echo(format_report(report))
 
 
+# --- index / search / serve ------------------------------------------------------------------
+
+
+@main.command("index")
+@click.option("--checkpoint", type=click.Path(exists=True),
+              help="Run directory, checkpoint or model directory [required for a new index].")
+@click.option("--shards", required=True, multiple=True,
+              help="Shards to add: a shard directory, index.json, pattern or .tar; repeatable.")
+@click.option("--frames", type=int, help="U uniform frames per video [default: the run's U, "
+              "else the model's max_frames; an existing index keeps its own].")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Index directory; an existing index is resumed or extended.")
+@click.option("--batch-size", default=16, show_default=True, help="Videos per encoder batch.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="auto: CUDA (bf16 autocast) when available, else CPU.")
+@click.option("--thumb-height", default=64, show_default=True, help="Thumbnail strip height, px.")
+@click.option("--ann", type=click.Choice(["none", "hnsw"]),
+              help="Build (hnsw) or drop (none) the approximate index [default: keep].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def index_(shards: tuple[str, ...], quiet: bool, **options: object) -> None:
+    """Encode every video of the shards at U uniform frames into a search index (resumable)."""
+    from mof.search import IndexConfig, build_index
+
+    try:
+        config = IndexConfig(shards=list(shards), progress=not quiet, **options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        summary = build_index(config)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(summary.format())
+
+
+@main.command()
+@click.argument("index", type=click.Path(file_okay=False, exists=True))
+@click.argument("query", required=False)
+@click.option("--top", default=10, show_default=True, help="Videos to list.")
+@click.option("--expect", metavar="VIDEO_ID", help="Also print where this video ranks among all "
+              "(without QUERY: query with its first caption).")
+@click.option("--approx", "approximate", is_flag=True,
+              help="Search the HNSW graph (mof-cli index --ann hnsw) instead of every vector.")
+@click.option("--ef", default=128, show_default=True, help="HNSW efSearch (with --approx).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu",
+              show_default=True, help="Where the query is encoded.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def search(as_json: bool, **options: object) -> None:
+    """Rank the videos of INDEX for the text QUERY and print them with scores and paths."""
+    from mof.search import SearchConfig, format_results
+    from mof.search import search as run_search
+
+    try:
+        config = SearchConfig(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        answer = run_search(config)
+    except (KeyError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise click.ClickException(str(message)) from exc
+    click.echo(format_results(answer, as_json=as_json))
+
+
+@main.command()
+@click.argument("index", type=click.Path(file_okay=False, exists=True))
+@click.option("--root", type=click.Path(file_okay=False, exists=True),
+              help="Where the source videos are now [default: the roots the index recorded].")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (keep the loopback unless you mean to share it).")
+@click.option("--port", default=8000, show_default=True, help="TCP port (0: any free one).")
+@click.option("--top", default=12, show_default=True, help="Results per query by default.")
+def serve(**options: object) -> None:
+    """A local web page searching INDEX: query box, thumbnail strips, click to play."""
+    from mof.search import ServeConfig, serve_index
+
+    try:
+        config = ServeConfig(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        serve_index(config, announce=click.echo)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 # --- train / export-frames -----------------------------------------------------------------
 
 from mof.train.cli_options import config_from_options, train_options
