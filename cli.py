@@ -52,7 +52,7 @@ def synth(quiet: bool, **options: object) -> None:
 @main.command()
 @click.option("--dataset", help="Manifest name (e.g. synthetic, msrvtt); also the shard name prefix.")
 @click.option("--root", type=click.Path(file_okay=False), help="Dataset root; video paths are relative to it.")
-@click.option("--split", help="Split to shard: train, val or test.")
+@click.option("--split", help="Split to shard: train, val or test [--videos: test].")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (resumed if it exists).")
 @click.option("--frames", default=32, show_default=True, help="R: frames stored per video.")
 @click.option("--size", default=256, show_default=True, help="S: frames are S x S pixels (short side, centre crop).")
@@ -63,6 +63,9 @@ def synth(quiet: bool, **options: object) -> None:
 @click.option("--strict", is_flag=True, help="Exit non-zero (after finishing) if any video failed.")
 @click.option("--num-nodes", type=int, help="Machines splitting the plan [default: $WORLD_SIZE or 1].")
 @click.option("--node-rank", type=int, help="This machine's rank [default: $RANK or 0].")
+@click.option("--videos", type=click.Path(file_okay=False, exists=True), metavar="DIR",
+              help="Shard every video under DIR, no annotations needed (DIR is the root; "
+              "--dataset defaults to its name).")
 @click.option("--merge-index", type=click.Path(file_okay=False, exists=True), metavar="OUT",
               help="Instead of sharding: join the partial indexes of a multi-node run in OUT.")
 def shard(merge_index: str | None, **options: object) -> None:

@@ -1,10 +1,11 @@
 """The generic annotation format: a ``.csv`` or ``.jsonl`` file that names each video's path.
 
-Each row (CSV) or line (JSONL) has ``path`` (relative to the dataset root), ``split`` and a
-``caption`` string or a ``captions`` list (in CSV, a JSON list in one cell); ``video_id`` is
-optional and defaults to the path without its last extension. Rows that share a video id
-accumulate their captions in file order, duplicates kept. The ``synthetic`` dataset's
-``annotations.jsonl`` is a file of this format.
+Each row (CSV) or line (JSONL) has ``path`` (relative to the dataset root) and optionally a
+``split`` (default ``DEFAULT_SPLIT``), a ``caption`` string or a ``captions`` list (in CSV, a
+JSON list in one cell) and a ``video_id`` (default: the path without its last extension). A row
+with a path only is a video without captions: it can be sharded, indexed and searched, not
+trained or evaluated on. Rows that share a video id accumulate their captions in file order,
+duplicates kept. The ``synthetic`` dataset's ``annotations.jsonl`` is a file of this format.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from pipeline.parsers.common import (
 )
 from pipeline.parsers.readers import read_csv, read_lines
 
-__all__ = ["CSV", "JSONL", "SCHEMA", "default_video_id", "parse_csv", "parse_jsonl"]
+__all__ = ["CSV", "DEFAULT_SPLIT", "JSONL", "SCHEMA", "default_video_id", "parse_csv", "parse_jsonl"]
 
 SCHEMA = FormatSchema(annotations={"file": True}, videos=False)
+#: The split of a row that names none: videos listed for searching, not for training.
+DEFAULT_SPLIT = "test"
 
 
 def default_video_id(path: str) -> str:
@@ -36,7 +39,8 @@ def default_video_id(path: str) -> str:
 
 
 def _captions(row: dict[str, Any]) -> tuple[list[str], str | None]:
-    """The row's captions (``captions`` first, then ``caption``) or why they are unusable."""
+    """The row's captions (``captions`` first, then ``caption``; none at all is allowed) or why
+    they are unusable."""
     found: list[Any] = []
     if "captions" in row:
         if not isinstance(row["captions"], list):
@@ -44,8 +48,8 @@ def _captions(row: dict[str, Any]) -> tuple[list[str], str | None]:
         found.extend(row["captions"])
     if "caption" in row:
         found.append(row["caption"])
-    if not found:
-        return [], "no caption: give 'caption' or a non-empty 'captions' list"
+    if "captions" in row and not found and "caption" not in row:
+        return [], "'captions' lists no caption: leave it out for a video without captions"
     bad = [c for c in found if not isinstance(c, str) or not c.strip()]
     if bad:
         return [], f"captions must be non-empty strings, got {bad[0]!r}"
@@ -54,7 +58,7 @@ def _captions(row: dict[str, Any]) -> tuple[list[str], str | None]:
 
 def _row_problems(desc: Descriptor, row: dict[str, Any]) -> list[str]:
     problems = [p for p in [check_relative_path(row.get("path"))] if p]
-    split = row.get("split")
+    split = row.setdefault("split", DEFAULT_SPLIT)
     if split not in desc.split_names:
         problems.append(f"unknown split {split!r}; {desc.name} has "
                         f"{', '.join(desc.split_names)}")
@@ -126,7 +130,7 @@ def parse_csv(desc: Descriptor, root: Path, log: ProblemLog) -> list[Entry]:
     file = _annotation_file(desc, root, log)
     if file is None:
         return []
-    table = read_csv(file, log, required=("path", "split"), one_of=("caption", "captions"))
+    table = read_csv(file, log, required=("path",))
     rows = []
     for line, cells in table or []:
         row: dict[str, Any] = {k: v.strip() for k, v in cells.items() if v.strip()}
