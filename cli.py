@@ -6,6 +6,9 @@ imports happen inside the commands so that ``mof-cli --help`` answers at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 
@@ -153,6 +156,20 @@ def eval_(quiet: bool, **options: object) -> None:
 # --- index / search / serve ------------------------------------------------------------------
 
 
+def _run(make_config: Callable[[], Any], work: Callable[[Any], Any]) -> Any:
+    """``work(make_config())``: a bad setting is a usage error, a failure of the work a clean
+    error message (a KeyError's message without its quotes)."""
+    try:
+        config = make_config()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        return work(config)
+    except (KeyError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise click.ClickException(str(message)) from exc
+
+
 @main.command("index")
 @click.option("--checkpoint", type=click.Path(exists=True),
               help="Run directory, checkpoint or model directory [required for a new index].")
@@ -166,21 +183,15 @@ def eval_(quiet: bool, **options: object) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="auto: CUDA (bf16 autocast) when available, else CPU.")
 @click.option("--thumb-height", default=64, show_default=True, help="Thumbnail strip height, px.")
-@click.option("--ann", type=click.Choice(["none", "hnsw"]),
-              help="Build (hnsw) or drop (none) the approximate index [default: keep].")
+@click.option("--ann", type=click.Choice(["none", "ivf"]),
+              help="Build (ivf) or drop (none) the approximate index [default: keep].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def index_(shards: tuple[str, ...], quiet: bool, **options: object) -> None:
     """Encode every video of the shards at U uniform frames into a search index (resumable)."""
     from mof.search import IndexConfig, build_index
 
-    try:
-        config = IndexConfig(shards=list(shards), progress=not quiet, **options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    try:
-        summary = build_index(config)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    summary = _run(lambda: IndexConfig(shards=list(shards), progress=not quiet, **options),
+                   build_index)
     click.echo(summary.format())
 
 
@@ -191,8 +202,9 @@ def index_(shards: tuple[str, ...], quiet: bool, **options: object) -> None:
 @click.option("--expect", metavar="VIDEO_ID", help="Also print where this video ranks among all "
               "(without QUERY: query with its first caption).")
 @click.option("--approx", "approximate", is_flag=True,
-              help="Search the HNSW graph (mof-cli index --ann hnsw) instead of every vector.")
-@click.option("--ef", default=128, show_default=True, help="HNSW efSearch (with --approx).")
+              help="Search the IVF cells (mof-cli index --ann ivf) instead of every vector.")
+@click.option("--nprobe", default=16, show_default=True,
+              help="IVF cells scanned per query (with --approx; more: closer to exact).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu",
               show_default=True, help="Where the query is encoded.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
@@ -201,15 +213,7 @@ def search(as_json: bool, **options: object) -> None:
     from mof.search import SearchConfig, format_results
     from mof.search import search as run_search
 
-    try:
-        config = SearchConfig(**options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    try:
-        answer = run_search(config)
-    except (KeyError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        raise click.ClickException(str(message)) from exc
+    answer = _run(lambda: SearchConfig(**options), run_search)
     click.echo(format_results(answer, as_json=as_json))
 
 
@@ -225,14 +229,7 @@ def serve(**options: object) -> None:
     """A local web page searching INDEX: query box, thumbnail strips, click to play."""
     from mof.search import ServeConfig, serve_index
 
-    try:
-        config = ServeConfig(**options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    try:
-        serve_index(config, announce=click.echo)
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    _run(lambda: ServeConfig(**options), lambda config: serve_index(config, announce=click.echo))
 
 
 # --- train / export-frames -----------------------------------------------------------------

@@ -1,16 +1,16 @@
-"""Exact against approximate (FAISS HNSW) search: recall@K and query latency at 1e4..1e6 videos.
+"""Exact against approximate (FAISS IVF-Flat) search: recall@K and latency at 1e4..1e6 videos.
 
 The collection is random unit vectors of Frozen's embedding width (256) and the queries are
-other random unit vectors: no cluster structure, which is the hard case for a graph index
-(real embeddings cluster, and recall there is at least as high at the same settings). Exact
-search is :func:`mof.search.topk.exact_top_k` (numpy); recall@K is the fraction of the exact
-top K that the graph returns. Latency is per single query, on one thread, median over the
-queries (numpy's BLAS threads follow ``OMP_NUM_THREADS``: set it to 1 as well); the graph is
-built once per size (``HNSW_M`` links, efConstruction 80).
+other random unit vectors: no cluster structure, the hard case for any approximate index (real
+embeddings cluster; this benchmark does not measure them). Exact search is
+:func:`mof.search.topk.exact_top_k` (numpy); recall@K is the fraction of the exact top K that the
+IVF index returns. Latency is per single query, median over the queries, on ``--threads``
+threads (numpy's BLAS follows ``OMP_NUM_THREADS``: set it to 1 as well); the IVF index has
+``default_nlist(N)`` cells (about sqrt(N)) and is built as ``mof-cli index --ann ivf`` builds it.
 
-Usage: ``.venv/bin/python benchmarks/bench_search.py [--sizes 10000,100000,1000000]
-[--dim 256] [--queries 200] [--k 10] [--ef 16,32,64,128,256] [--threads 1] [--build-threads 1]``
-Needs ``pip install 'mof[search]'`` (faiss-cpu).
+Usage: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_search.py
+[--sizes 10000,100000,1000000] [--dim 256] [--queries 200] [--k 10] [--nprobe 1,4,16,64,256]
+[--threads 1] [--build-threads 1]``. Needs ``pip install 'mof[search]'`` (faiss-cpu).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from mof.search.ann import HNSW_M, build_hnsw, search_hnsw
+from mof.search.ann import build_ivf, search_ivf
 from mof.search.topk import exact_top_k
 
 
@@ -54,13 +54,13 @@ def bench_size(n: int, args: argparse.Namespace, rng: np.random.Generator) -> li
 
     faiss.omp_set_num_threads(args.build_threads)
     start = time.perf_counter()
-    graph = build_hnsw(data)
+    ivf = build_ivf(data)
     build_s = time.perf_counter() - start
     faiss.omp_set_num_threads(args.threads)
-    for ef in args.ef:
-        ms, found = _latencies_ms(lambda q, ef=ef: search_hnsw(graph, q, args.k, ef)[1], queries)
-        lines.append(f"| {n:,} | HNSW M={HNSW_M} | {ef} | {ms:.3f} | {_recall(found, truth):.3f} "
-                     f"| {build_s:.1f} |")
+    for nprobe in (p for p in args.nprobe if p <= ivf.nlist):
+        ms, found = _latencies_ms(lambda q, p=nprobe: search_ivf(ivf, q, args.k, p)[1], queries)
+        lines.append(f"| {n:,} | IVF-Flat, {ivf.nlist} cells | {nprobe} | {ms:.3f} | "
+                     f"{_recall(found, truth):.3f} | {build_s:.1f} |")
     return lines
 
 
@@ -70,16 +70,16 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--ef", default="16,32,64,128,256")
+    parser.add_argument("--nprobe", default="1,4,16,64,256")
     parser.add_argument("--threads", type=int, default=1, help="threads while searching")
-    parser.add_argument("--build-threads", type=int, default=1, help="threads building graphs")
+    parser.add_argument("--build-threads", type=int, default=1, help="threads building IVF")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    args.ef = [int(e) for e in args.ef.split(",")]
+    args.nprobe = [int(p) for p in args.nprobe.split(",")]
     rng = np.random.default_rng(args.seed)
     print(f"random unit vectors, D={args.dim}, {args.queries} random queries, K={args.k}, "
           f"search on {args.threads} thread(s), build on {args.build_threads}, {os.cpu_count()} CPUs")
-    print(f"| videos | search | efSearch | latency ms (median) | recall@{args.k} | build s |")
+    print(f"| videos | search | nprobe | latency ms (median) | recall@{args.k} | build s |")
     print("|---:|---|---:|---:|---:|---:|")
     for size in (int(float(s)) for s in args.sizes.split(",")):
         for line in bench_size(size, args, rng):

@@ -199,7 +199,7 @@ def _encode_chunk(model, shard: Path, manifest: dict[str, Any], out: Path, name:
 
 def _update_ann(out: Path, manifest: dict[str, Any], kind: str | None, changed: bool) -> str:
     """Build, rebuild or drop the approximate index; a note on what was done."""
-    from mof.search.ann import ANN_FILE, build_hnsw, save_hnsw
+    from mof.search.ann import ANN_FILE, build_ivf, save_ivf
 
     if kind is not None:
         manifest["ann"] = None if kind == "none" else {"kind": kind}
@@ -213,8 +213,8 @@ def _update_ann(out: Path, manifest: dict[str, Any], kind: str | None, changed: 
         return ""
     start = time.perf_counter()
     index = load_index(out)
-    save_hnsw(build_hnsw(index.embeddings), path)
-    return (f"built the HNSW graph over {len(index.videos)} videos in "
+    save_ivf(build_ivf(index.embeddings), path)
+    return (f"built the IVF index over {len(index.videos)} videos in "
             f"{time.perf_counter() - start:.1f} s: {path}")
 
 

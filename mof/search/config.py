@@ -9,8 +9,8 @@ from mof.split_encoding import device_problem
 
 __all__ = ["ANN_KINDS", "IndexConfig", "SearchConfig", "ServeConfig"]
 
-#: Approximate index kinds: ``none`` (exact search only) and FAISS's HNSW graph.
-ANN_KINDS = ("none", "hnsw")
+#: Approximate index kinds: ``none`` (exact search only) and FAISS's inverted file.
+ANN_KINDS = ("none", "ivf")
 
 
 def _raise_if(problems: list[str], what: str) -> None:
@@ -32,7 +32,7 @@ class IndexConfig:
         batch_size: videos per encoder call.
         device: ``auto`` (CUDA with bf16 autocast when available), ``cpu`` or ``cuda``.
         thumb_height: pixels; thumbnails are strips of square frames this high.
-        ann: ``hnsw`` to build (and keep up to date) an approximate index, ``none`` to drop it;
+        ann: ``ivf`` to build (and keep up to date) an approximate index, ``none`` to drop it;
             ``None`` keeps the index's setting.
         progress: progress bar.
     """
@@ -77,8 +77,8 @@ class SearchConfig:
         query: the text to search for; ``None`` with ``expect``: that video's first caption.
         top: how many videos to return.
         expect: a video id whose rank among all videos is reported (exact search).
-        approximate: search the index's HNSW graph instead of every vector.
-        ef: HNSW candidate list size (``efSearch``; larger: better recall, slower).
+        approximate: search the index's IVF cells instead of every vector.
+        nprobe: IVF cells scanned per query (more: better recall, slower).
         device: where the query is encoded.
     """
 
@@ -87,7 +87,7 @@ class SearchConfig:
     top: int = 10
     expect: str | None = None
     approximate: bool = False
-    ef: int = 128
+    nprobe: int = 16
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -100,8 +100,8 @@ class SearchConfig:
             problems.append("give a QUERY, or --expect ID to query with that video's caption")
         if self.top < 1:
             problems.append(f"--top must be >= 1, got {self.top}")
-        if self.ef < 1:
-            problems.append(f"--ef must be >= 1, got {self.ef}")
+        if self.nprobe < 1:
+            problems.append(f"--nprobe must be >= 1, got {self.nprobe}")
         if self.expect is not None and self.approximate:
             problems.append("--expect ranks the video among all of them: use exact search")
         if device_problem(self.device):

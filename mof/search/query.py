@@ -27,7 +27,7 @@ class Searcher:
     Args:
         index_dir: the index directory.
         device: where queries are encoded.
-        approximate: also load the HNSW graph (``mof-cli index --ann hnsw``).
+        approximate: also load the IVF index (``mof-cli index --ann ivf``).
     """
 
     def __init__(self, index_dir: str | Path, device: str = "cpu", approximate: bool = False):
@@ -39,11 +39,11 @@ class Searcher:
             raise SearchIndexError(f"{index_dir}: the index holds no video yet")
         self.device = resolve_device(device)
         self.model = load_model(Path(index_dir) / MODEL_DIR).to(self.device).eval()
-        self.graph = None
+        self.ann = None
         if approximate:
-            from mof.search.ann import ANN_FILE, load_hnsw
+            from mof.search.ann import ANN_FILE, load_ivf
 
-            self.graph = load_hnsw(Path(index_dir) / ANN_FILE, len(self.data.videos))
+            self.ann = load_ivf(Path(index_dir) / ANN_FILE, len(self.data.videos))
 
     def encode(self, text: str) -> np.ndarray:
         """The query's L2-normalised embedding, float32 ``(D,)``."""
@@ -67,27 +67,27 @@ class Searcher:
         raise KeyError(f"video {video_id!r} is not in the index {self.data.path} (it holds "
                        f"{len(self.data.videos)} videos, e.g. {some})")
 
-    def query(self, text: str, top: int, ef: int = 128) -> dict[str, Any]:
+    def query(self, text: str, top: int, nprobe: int = 16) -> dict[str, Any]:
         """Rank the videos for ``text``.
 
         Returns:
-            ``query``, ``search`` (``exact`` or ``hnsw``), ``videos`` (the index's count),
+            ``query``, ``search`` (``exact`` or ``ivf``), ``videos`` (the index's count),
             ``timing`` (``encode_ms``, ``search_ms``) and ``results``: up to ``top`` video rows,
             best first, each with ``rank`` and ``score``.
         """
         start = time.perf_counter()
         emb = self.encode(text)
         encoded = time.perf_counter()
-        if self.graph is not None:
-            from mof.search.ann import search_hnsw
+        if self.ann is not None:
+            from mof.search.ann import search_ivf
 
-            scores, rows = search_hnsw(self.graph, emb[None], top, ef)
+            scores, rows = search_ivf(self.ann, emb[None], top, nprobe)
         else:
             scores, rows = exact_top_k(self.data.embeddings, emb[None], top)
         done = time.perf_counter()
         results = [{**self.data.videos[int(r)], "rank": i + 1, "score": float(s)}
                    for i, (s, r) in enumerate(zip(scores[0], rows[0])) if r >= 0]
-        return {"query": text, "search": "hnsw" if self.graph is not None else "exact",
+        return {"query": text, "search": "ivf" if self.ann is not None else "exact",
                 "videos": len(self.data.videos), "model": self.data.manifest["model"]["name"],
                 "frames": self.data.manifest["frames"],
                 "timing": {"encode_ms": 1e3 * (encoded - start), "search_ms": 1e3 * (done - encoded)},
@@ -107,7 +107,7 @@ def search(config: SearchConfig) -> dict[str, Any]:
         ``expected``: ``video_id``, ``rank`` among all videos, ``tied`` and ``score``.
 
     Raises:
-        FileNotFoundError: not an index, or no HNSW graph for ``approximate``.
+        FileNotFoundError: not an index, or no IVF index for ``approximate``.
         KeyError: ``expect`` names no indexed video.
         SearchIndexError: an unreadable or empty index.
     """
@@ -119,7 +119,7 @@ def search(config: SearchConfig) -> dict[str, Any]:
         if not captions:
             raise KeyError(f"video {config.expect!r} has no caption to query with: give a QUERY")
         text = captions[0]
-    answer = searcher.query(text, config.top, config.ef)
+    answer = searcher.query(text, config.top, config.nprobe)
     for result in answer["results"]:
         result["path"] = searcher.path_of(result)
     if expected is not None:

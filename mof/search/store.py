@@ -8,7 +8,7 @@ Layout (``INDEX_FORMAT_VERSION``; every file a standard format)::
     INDEX/chunks/<c>.jsonl         one JSON object per row of <c>.npy: the video (below)
     INDEX/thumbs/<c>/<j>.jpg       the j-th video's thumbnail strip: the U indexed frames side by
                                    side (8 at most), THUMB px high
-    INDEX/ann/hnsw.faiss           optional approximate index over every row (``mof.search.ann``)
+    INDEX/ann/ivf.faiss            optional approximate index over every row (``mof.search.ann``)
 
 A chunk is one shard. ``index.json`` lists the committed chunks in row order: the global row of
 a video is the number of rows of the chunks before its own plus its row in the chunk. A chunk's
