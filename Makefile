@@ -16,9 +16,11 @@ MODEL     ?= frozen-tiny
 # --frame-lr 0.05: at the paper's 8e-4, four frame steps per video move the frames by under one grey level.
 DEMO_TRAIN   ?= --frames 8:4 --epochs 4 --eval-every 2 --batch-size 32 --lr 1e-3 --frame-lr 0.05 --metric t2v/MedR
 DEMO_THREADS ?= 1
+# The demo's search: this test video's first caption is the query; the output says where it ranks.
+DEMO_SEARCH_ID ?= synth01000
 SEEDS     ?= 3
 
-.PHONY: help install test test-slow test-gpu test-dali lint demo bench reproduce-table4 clean
+.PHONY: help install browser test test-slow test-gpu test-dali lint demo bench reproduce-table4 clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -32,7 +34,10 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: $(STAMP)  ## the test suite (CPU, no network; slow and gpu markers excluded)
+browser:  ## Debian's chromium for the web page test (apt-get only when it is missing)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
+
+test: $(STAMP) browser  ## the test suite (CPU, no network; slow and gpu markers excluded)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)  ## the slow suite
@@ -63,6 +68,10 @@ demo: $(STAMP)  ## the main job end to end on the embedded synthetic dataset
 	fi
 	$(CLI) eval --checkpoint $(DEMO_DIR)/runs/mof --shards $(DEMO_DIR)/shards/test
 	$(CLI) export-frames --run $(DEMO_DIR)/runs/mof --num 4 --out $(DEMO_DIR)/frames --mp4 --attention
+	$(CLI) index --checkpoint $(DEMO_DIR)/runs/mof --shards $(DEMO_DIR)/shards/test --out $(DEMO_DIR)/index --quiet
+	$(CLI) search $(DEMO_DIR)/index --expect $(DEMO_SEARCH_ID) --top 5
+
+SEARCH_QUICK := --sizes 10000,100000
 
 # torchcodec (the decoder bench_shard.py compares ours with) loads the system's FFmpeg libraries.
 bench: $(STAMP)  ## every benchmark, each printing its table (BENCH_ARGS=--quick for short runs)
@@ -75,6 +84,7 @@ bench: $(STAMP)  ## every benchmark, each printing its table (BENCH_ARGS=--quick
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_store_fullsize.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_search.py $(if $(BENCH_ARGS),$(SEARCH_QUICK))
 
 # Table IV knobs: GRID (cells, e.g. 1,4,8:4), EPOCHS, JOBS, ROOT (dataset root, required unless
 # DATASET=synthetic), TABLE4_ARGS (any other `mof-cli reproduce table4` option).

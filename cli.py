@@ -6,6 +6,9 @@ imports happen inside the commands so that ``mof-cli --help`` answers at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 
@@ -80,7 +83,7 @@ def check(**options: object) -> None:
 @main.command()
 @click.option("--dataset", help="Manifest name (e.g. synthetic, msrvtt); also the shard name prefix.")
 @click.option("--root", type=click.Path(file_okay=False), help="Dataset root; video paths are relative to it.")
-@click.option("--split", help="Split to shard: train, val or test.")
+@click.option("--split", help="Split to shard: train, val or test [--videos: test].")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (resumed if it exists).")
 @click.option("--frames", default=32, show_default=True, help="R: frames stored per video.")
 @click.option("--size", default=256, show_default=True, help="S: frames are S x S pixels (short side, centre crop).")
@@ -91,6 +94,9 @@ def check(**options: object) -> None:
 @click.option("--strict", is_flag=True, help="Exit non-zero (after finishing) if any video failed.")
 @click.option("--num-nodes", type=int, help="Machines splitting the plan [default: $WORLD_SIZE or 1].")
 @click.option("--node-rank", type=int, help="This machine's rank [default: $RANK or 0].")
+@click.option("--videos", type=click.Path(file_okay=False, exists=True), metavar="DIR",
+              help="Shard every video under DIR, no annotations needed (DIR is the root; "
+              "--dataset defaults to its name).")
 @click.option("--merge-index", type=click.Path(file_okay=False, exists=True), metavar="OUT",
               help="Instead of sharding: join the partial indexes of a multi-node run in OUT.")
 @click.option("--columns", metavar="NAME,NAME", help="Columns of a .csv/.tsv file without a header "
@@ -185,6 +191,85 @@ def eval_(quiet: bool, **options: object) -> None:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(format_report(report))
+
+
+# --- index / search / serve ------------------------------------------------------------------
+
+
+def _run(make_config: Callable[[], Any], work: Callable[[Any], Any]) -> Any:
+    """``work(make_config())``: a bad setting is a usage error, a failure of the work a clean
+    error message (a KeyError's message without its quotes)."""
+    try:
+        config = make_config()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        return work(config)
+    except (KeyError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise click.ClickException(str(message)) from exc
+
+
+@main.command("index")
+@click.option("--checkpoint", type=click.Path(exists=True),
+              help="Run directory, checkpoint or model directory [required for a new index].")
+@click.option("--shards", required=True, multiple=True,
+              help="Shards to add: a shard directory, index.json, pattern or .tar; repeatable.")
+@click.option("--frames", type=int, help="U uniform frames per video [default: the run's U, "
+              "else the model's max_frames; an existing index keeps its own].")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Index directory; an existing index is resumed or extended.")
+@click.option("--batch-size", default=16, show_default=True, help="Videos per encoder batch.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="auto: CUDA (bf16 autocast) when available, else CPU.")
+@click.option("--thumb-height", default=64, show_default=True, help="Thumbnail strip height, px.")
+@click.option("--ann", type=click.Choice(["none", "ivf"]),
+              help="Build (ivf) or drop (none) the approximate index [default: keep].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def index_(shards: tuple[str, ...], quiet: bool, **options: object) -> None:
+    """Encode every video of the shards at U uniform frames into a search index (resumable)."""
+    from mof.search import IndexConfig, build_index
+
+    summary = _run(lambda: IndexConfig(shards=list(shards), progress=not quiet, **options),
+                   build_index)
+    click.echo(summary.format())
+
+
+@main.command()
+@click.argument("index", type=click.Path(file_okay=False, exists=True))
+@click.argument("query", required=False)
+@click.option("--top", default=10, show_default=True, help="Videos to list.")
+@click.option("--expect", metavar="VIDEO_ID", help="Also print where this video ranks among all "
+              "(without QUERY: query with its first caption).")
+@click.option("--approx", "approximate", is_flag=True,
+              help="Search the IVF cells (mof-cli index --ann ivf) instead of every vector.")
+@click.option("--nprobe", default=16, show_default=True,
+              help="IVF cells scanned per query (with --approx; more: closer to exact).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu",
+              show_default=True, help="Where the query is encoded.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def search(as_json: bool, **options: object) -> None:
+    """Rank the videos of INDEX for the text QUERY and print them with scores and paths."""
+    from mof.search import SearchConfig, format_results
+    from mof.search import search as run_search
+
+    answer = _run(lambda: SearchConfig(**options), run_search)
+    click.echo(format_results(answer, as_json=as_json))
+
+
+@main.command()
+@click.argument("index", type=click.Path(file_okay=False, exists=True))
+@click.option("--root", type=click.Path(file_okay=False, exists=True),
+              help="Where the source videos are now [default: the roots the index recorded].")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (keep the loopback unless you mean to share it).")
+@click.option("--port", default=8000, show_default=True, help="TCP port (0: any free one).")
+@click.option("--top", default=12, show_default=True, help="Results per query by default.")
+def serve(**options: object) -> None:
+    """A local web page searching INDEX: query box, thumbnail strips, click to play."""
+    from mof.search import ServeConfig, serve_index
+
+    _run(lambda: ServeConfig(**options), lambda config: serve_index(config, announce=click.echo))
 
 
 # --- train / export-frames -----------------------------------------------------------------

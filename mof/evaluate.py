@@ -13,7 +13,6 @@ computing the similarities and ranks. Reading and preparing frames is timed sepa
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import io
@@ -29,7 +28,13 @@ import yaml
 
 from mof.metrics import CONVENTIONS, count_ranks, summarize
 from mof.models.base import RetrievalModel
-from mof.split_encoding import encode_texts, encode_videos, eval_mode
+from mof.split_encoding import (
+    device_problem,
+    encode_texts,
+    encode_videos,
+    eval_mode,
+    resolve_device,
+)
 
 __all__ = [
     "EVAL_FORMAT_VERSION",
@@ -41,6 +46,7 @@ __all__ = [
     "flatten_metrics",
     "format_report",
     "resolve_checkpoint",
+    "run_frames",
 ]
 
 EVAL_FORMAT_VERSION = 2
@@ -99,10 +105,8 @@ class EvalConfig:
             problems.append(f"--frames must be >= 1, got {self.frames}")
         if self.batch_size < 1:
             problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            problems.append(f"--device must be auto, cpu or cuda, got {self.device!r}")
-        elif self.device == "cuda" and not torch.cuda.is_available():
-            problems.append("--device cuda: no CUDA device is available")
+        if device_problem(self.device):
+            problems.append(device_problem(self.device))
         if self.convention not in CONVENTIONS:
             problems.append(f"--convention must be one of {', '.join(CONVENTIONS)}, "
                             f"got {self.convention!r}")
@@ -110,9 +114,7 @@ class EvalConfig:
             raise ValueError("invalid eval config:\n  " + "\n  ".join(problems))
 
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
 
 @dataclass
@@ -186,7 +188,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
     )
 
 
-def _run_frames(run_dir: Path | None) -> tuple[int | None, bool | None]:
+def run_frames(run_dir: Path | None) -> tuple[int | None, bool | None]:
     """``(U, trained_with_mof)`` from a run's ``config.yaml`` (``frames: "R:U"`` or ``"U"``)."""
     if run_dir is None:
         return None, None
@@ -215,7 +217,7 @@ def _build_model(config: EvalConfig, shards: list[str]) -> tuple[RetrievalModel,
         name = model.spec.get("name")
         if config.model is not None and config.model != name:
             raise ValueError(f"--model {config.model} but {model_dir} holds a {name} model")
-        frames, mof = _run_frames(run_dir)
+        frames, mof = run_frames(run_dir)
         source = {"name": name, "source": str(model_dir), "run_dir": str(run_dir or ""),
                   "run_frames": frames, "trained_with_mof": mof}
         return model, source
@@ -269,14 +271,12 @@ def evaluate_model(
         raise ValueError(f"--frames {frames}: the model takes 1..{model.contract.max_frames}")
     shard_list = resolve_shards(shards)
     device = next(model.parameters()).device
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
     with eval_mode(model), torch.inference_mode():
-        video_emb, captions, stats = encode_videos(
-            model, shard_list, frames, batch_size, device, autocast, progress)
+        video_emb, captions, stats = encode_videos(model, shard_list, frames, batch_size,
+                                                   progress)
         texts = [c for caps in captions for c in caps]
         q2v = torch.tensor([v for v, caps in enumerate(captions) for _ in caps], device=device)
-        text_emb, text_s = encode_texts(model, texts, 4 * batch_size, device, autocast, progress)
+        text_emb, text_s = encode_texts(model, texts, 4 * batch_size, progress)
         start = time.perf_counter()
         sim = torch.cat([model.similarity(text_emb[i : i + 4096], video_emb)
                          for i in range(0, len(texts), 4096)]).float()

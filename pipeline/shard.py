@@ -86,11 +86,13 @@ class ShardConfig:
         columns: the columns of a generic ``.csv`` / ``.tsv`` file without a header row
             (``caption,path``).
         retry_failed: after finishing the run, re-attempt the videos of ``errors.jsonl``.
+        videos: a folder of videos to shard without annotations (``pipeline.video_folder``);
+            it is the root, ``dataset`` defaults to its name and ``split`` to ``test``.
     """
 
-    dataset: str
-    root: str
-    split: str
+    dataset: str | None
+    root: str | None
+    split: str | None
     out: str
     frames: int = 32
     size: int = 256
@@ -102,22 +104,32 @@ class ShardConfig:
     node_rank: int | None = None
     columns: str | None = None
     retry_failed: bool = False
+    videos: str | None = None
 
     def __post_init__(self) -> None:
         from pipeline.decode import BACKENDS
         from pipeline.manifests import parse_columns
+        from pipeline.parsers.generic import DEFAULT_SPLIT
+        from pipeline.video_folder import folder_dataset_name
+
+        problems = []
+        if self.videos is not None:
+            if self.root is not None and Path(self.root).resolve() != Path(self.videos).resolve():
+                problems.append("--videos DIR is the root: leave --root out")
+            self.root = self.videos
+            self.dataset = self.dataset or folder_dataset_name(self.videos)
+            self.split = self.split or DEFAULT_SPLIT
 
         # torchrun sets WORLD_SIZE/RANK: each launched process is one "node" of the plan.
         if self.num_nodes is None:
             self.num_nodes = _env_int("WORLD_SIZE") or 1
         if self.node_rank is None:
             self.node_rank = _env_int("RANK") or 0
-        problems = []
         for name in ("dataset", "split", "out"):
             if not getattr(self, name):
                 problems.append(f"--{name} is required")
         if not self.root:
-            problems.append("--root is required")
+            problems.append("--root (or --videos) is required")
         elif not Path(self.root).is_dir():
             problems.append(f"--root {self.root!r} is not a directory")
         for name, low in (
@@ -363,10 +375,15 @@ def _write_shards(config: ShardConfig, progress: bool) -> ShardSummary:
     start = time.perf_counter()
     out = Path(config.out)
     backend = resolve_backend(config.backend)
-    columns = parse_columns(config.columns)
-    # A generic annotation file's descriptor is named after its stem: that names the shards.
-    dataset = resolve_dataset(config.dataset, Path(config.root), columns).name
-    records = load_records(config.dataset, Path(config.root), config.split, columns)
+    if config.videos is not None:
+        from pipeline.video_folder import folder_records
+
+        dataset, records = config.dataset, folder_records(config.videos, config.split)
+    else:
+        columns = parse_columns(config.columns)
+        # A generic annotation file's descriptor is named after its stem: it names the shards.
+        dataset = resolve_dataset(config.dataset, Path(config.root), columns).name
+        records = load_records(config.dataset, Path(config.root), config.split, columns)
     plan = make_plan(records, dataset, config.split, config.shard_size)
     own = [t for t in plan if t.index % config.num_nodes == config.node_rank]
     resolved = _resolved_config(config, dataset, backend, plan)

@@ -204,10 +204,10 @@ def test_generic_jsonl_reports_every_problem(tmp_path):
 
 
 def test_generic_csv_missing_column_and_bad_rows(tmp_path):
-    f = write_csv(tmp_path / "a.csv", ["path", "split"], [["v/a.mp4", "train"]])
+    f = write_csv(tmp_path / "a.csv", ["video_id", "split"], [["a", "train"]])
     with pytest.raises(ManifestError) as info:
         load_records(f, tmp_path, "train")
-    assert_reports(info.value, ("a.csv", 1, "missing column(s) caption or captions"))
+    assert_reports(info.value, ("a.csv", 1, "missing column(s) path"))
     g = write_csv(tmp_path / "b.csv", ["path", "captions", "split"],
                   [["v/a.mp4", '["x", "y"]', "train"], ["v/b.mp4", "[oops", "train"],
                    ["v/c.mp4", '["z"]'], ["v/a.mp4", '["w"]', "train", "extra"]])

@@ -49,6 +49,9 @@ class RawBatch:
 
 
 def _as_sample(sample: dict) -> dict:
+    if not sample["meta"].get("captions"):
+        raise ValueError(f"video {sample['key']!r} has no caption to train with (videos without "
+                         "captions can be indexed and searched, not trained on)")
     # Runs in the DataLoader worker: a torch tensor crosses to the main process through shared
     # memory, a numpy array would be pickled through a pipe.
     return {"key": sample["key"], "frames": torch.from_numpy(np.ascontiguousarray(

@@ -1,17 +1,18 @@
 """The generic annotation format: a ``.csv``, ``.tsv`` or ``.jsonl`` file naming each video's path.
 
-Each row (CSV/TSV) or line (JSONL) has ``path`` (relative to the dataset root), ``split`` and a
-``caption`` string or a ``captions`` list (in CSV, a JSON list in one cell); ``video_id`` is
-optional and defaults to the path without its last extension. Rows that share a video id
-accumulate their captions in file order, duplicates kept. The ``synthetic`` dataset's
-``annotations.jsonl`` is a file of this format.
+Each row (CSV/TSV) or line (JSONL) has ``path`` (relative to the dataset root) and optionally a
+``split``, a ``caption`` string or a ``captions`` list (in CSV, a JSON list in one cell) and a
+``video_id`` (default: the path without its last extension). A row with a path only is a video
+without captions: it can be sharded, indexed and searched, not trained or evaluated on. Rows
+that share a video id accumulate their captions in file order, duplicates kept. The
+``synthetic`` dataset's ``annotations.jsonl`` is a file of this format.
 
 Dialects found in the wild: a ``.csv`` may be delimited by commas, semicolons (spreadsheets in
 many locales) or tabs, and the delimiter is recognised from the file; a ``.tsv`` is
 tab-delimited. A file without a header row (``caption<TAB>path``, as Conceptual Captions and
 the tools built on it write them) is read with its column names given by the descriptor's
 ``columns`` (``--columns caption,path``). A file without a ``split`` column holds one split:
-its rows belong to the split asked for.
+its rows belong to the split asked for (``DEFAULT_SPLIT`` when none is).
 
 Default ids that collide (``clip.mp4`` and ``clip.avi`` in one folder) keep their extension
 (``clip.mp4``, ``clip.avi``); ids are worked out over the whole file, so a video has the same
@@ -38,6 +39,7 @@ from pipeline.parsers.readers import read_csv, read_lines
 __all__ = [
     "COLUMNS",
     "CSV",
+    "DEFAULT_SPLIT",
     "JSONL",
     "SCHEMA",
     "TSV",
@@ -48,6 +50,8 @@ __all__ = [
 ]
 
 SCHEMA = FormatSchema(annotations={"file": True}, videos=False)
+#: The split of a row that names none: videos listed for searching, not for training.
+DEFAULT_SPLIT = "test"
 
 #: Columns a generic file may have.
 COLUMNS = ("video_id", "path", "caption", "captions", "split")
@@ -64,7 +68,8 @@ def default_video_id(path: str) -> str:
 
 
 def _captions(row: dict[str, Any]) -> tuple[list[str], str | None]:
-    """The row's captions (``captions`` first, then ``caption``) or why they are unusable."""
+    """The row's captions (``captions`` first, then ``caption``; none at all is allowed) or why
+    they are unusable."""
     found: list[Any] = []
     if "captions" in row:
         if not isinstance(row["captions"], list):
@@ -72,8 +77,8 @@ def _captions(row: dict[str, Any]) -> tuple[list[str], str | None]:
         found.extend(row["captions"])
     if "caption" in row:
         found.append(row["caption"])
-    if not found:
-        return [], "no caption: give 'caption' or a non-empty 'captions' list"
+    if "captions" in row and not found and "caption" not in row:
+        return [], "'captions' lists no caption: leave it out for a video without captions"
     bad = [c for c in found if not isinstance(c, str) or not c.strip()]
     if bad:
         return [], f"captions must be non-empty strings, got {bad[0]!r}"
@@ -82,7 +87,7 @@ def _captions(row: dict[str, Any]) -> tuple[list[str], str | None]:
 
 def _row_problems(desc: Descriptor, row: dict[str, Any]) -> list[str]:
     problems = [p for p in [check_relative_path(row.get("path"))] if p]
-    split = row.get("split")
+    split = row.setdefault("split", DEFAULT_SPLIT)
     if split not in desc.split_names:
         problems.append(f"unknown split {split!r}; {desc.name} has "
                         f"{', '.join(desc.split_names)}")
@@ -214,8 +219,7 @@ def _parse_table(
     file = _annotation_file(desc, root, log)
     if file is None:
         return []
-    table = read_csv(file, log, required=("path",), one_of=("caption", "captions"),
-                     delimiter=delimiter, columns=desc.columns)
+    table = read_csv(file, log, required=("path",), delimiter=delimiter, columns=desc.columns)
     rows = []
     for line, cells in table or []:
         row: dict[str, Any] = {k: v.strip() for k, v in cells.items() if v.strip()}
