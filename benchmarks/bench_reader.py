@@ -49,7 +49,8 @@ def write_test_shards(out: Path, samples: int, frames: int, size: int, per_shard
                 npy = io.BytesIO()
                 np.save(npy, rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8))
                 meta = {"video_id": f"v{k:06d}", "captions": [f"caption {k}"], "split": "train"}
-                for ext, data in (("frames.npy", npy.getvalue()), ("json", json.dumps(meta).encode())):
+                members = (("frames.npy", npy.getvalue()), ("json", json.dumps(meta).encode()))
+                for ext, data in members:
                     info = tarfile.TarInfo(f"v{k:06d}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
