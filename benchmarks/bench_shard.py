@@ -26,13 +26,13 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import ffmpeg
 import imageio_ffmpeg
 import numpy as np
 from tqdm import tqdm
@@ -64,25 +64,25 @@ class Group:
 
     name: str
     size: tuple[int, int]
-    encoder: tuple[str, ...]
+    encoder: tuple[tuple[str, str | int], ...]  # FFmpeg output options, in order
     ext: str
     long_gop: bool
 
 
 GROUPS = (
-    Group("h264_320x240", (320, 240), ("-c:v", "libx264", "-crf", "23"), "mp4", True),
-    Group("h264_640x360", (640, 360), ("-c:v", "libx264", "-crf", "23"), "mp4", True),
+    Group("h264_320x240", (320, 240), (("c:v", "libx264"), ("crf", 23)), "mp4", True),
+    Group("h264_640x360", (640, 360), (("c:v", "libx264"), ("crf", 23)), "mp4", True),
     Group(
         "mpeg4_gop30_bf2",
         (320, 240),
-        ("-c:v", "mpeg4", "-q:v", "5", "-g", "30", "-bf", "2"),
+        (("c:v", "mpeg4"), ("q:v", 5), ("g", 30), ("bf", 2)),
         "avi",
         False,
     ),
     Group(
         "mpeg4_gop30_p",
         (320, 240),
-        ("-c:v", "mpeg4", "-q:v", "5", "-g", "30", "-bf", "0"),
+        (("c:v", "mpeg4"), ("q:v", 5), ("g", 30), ("bf", 0)),
         "avi",
         False,
     ),
@@ -92,7 +92,7 @@ GROUPS = (
 def make_clips(cache: Path, durations: list[int]) -> dict[str, list[Path]]:
     """Encode (once; cached by name) one clip per duration and group, cycling the sources."""
     cache.mkdir(parents=True, exist_ok=True)
-    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
     clips: dict[str, list[Path]] = {}
     todo = [(g, i, d) for g in GROUPS for i, d in enumerate(durations)]
     for group, i, seconds in tqdm(todo, desc="clips", unit="clip", leave=False):
@@ -100,18 +100,9 @@ def make_clips(cache: Path, durations: list[int]) -> dict[str, list[Path]]:
         path = cache / f"{group.name}_{i}_{seconds}s.{group.ext}"
         if not path.exists():
             tmp = path.with_name(f"tmp-{path.name}")
-            cmd = [
-                ffmpeg,
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                f"{source},{NOISE}",
-            ]
-            cmd += ["-t", str(seconds), *group.encoder, "-pix_fmt", "yuv420p", str(tmp)]
-            subprocess.run(cmd, check=True)
+            clip = ffmpeg.input(f"{source},{NOISE}", f="lavfi").output(
+                str(tmp), t=seconds, pix_fmt="yuv420p", **dict(group.encoder))
+            clip.global_args("-v", "error").overwrite_output().run(cmd=exe)
             tmp.rename(path)  # a clip exists under its name only when complete
         clips.setdefault(group.name, []).append(path)
     return clips
