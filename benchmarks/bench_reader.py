@@ -10,26 +10,27 @@ not depend on the writer under test, then times full passes of ``ShardDataset`` 
 - ``raw``: ``decode=False`` (tar streaming and grouping only).
 
 Two sample sizes: the demo's (R=16, S=64, 197 KB) and the paper's (R=32, S=224, 4.8 MB).
-Each round runs every implementation in a fresh process (this checkout's reader, and with
-``--baseline DIR`` the ``pipeline`` package found in DIR, e.g. an earlier commit's
-``git archive <commit> pipeline | tar -x -C DIR``), alternating so that load from other
-processes spreads over both; a process times ``--repeats`` passes per mode, modes interleaved,
-after one unmeasured pass. A figure is the median over rounds of each process's median.
+With ``--baseline DIR`` a second reader, the ``pipeline`` package found in DIR (e.g. an earlier
+commit's ``git archive <commit> pipeline | tar -x -C DIR``), is loaded beside this checkout's
+under another package name, and the two take turns pass by pass in the same process, so that
+load from other processes falls on both alike (on a shared machine, separate processes differ
+by more than the readers do). After one unmeasured pass each, a figure is the median over
+``--repeats`` passes.
 
-    python benchmarks/bench_reader.py                       # about 3 minutes on 2 cores
-    python benchmarks/bench_reader.py --baseline /tmp/old   # before/after, about 6 minutes
+    python benchmarks/bench_reader.py                       # about 2 minutes on 2 cores
+    python benchmarks/bench_reader.py --baseline /tmp/old   # before/after, about 4 minutes
     python benchmarks/bench_reader.py --quick
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
-import os
 import platform
+import shutil
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -64,68 +65,67 @@ def write_test_shards(out: Path, samples: int, frames: int, size: int, per_shard
     (out / "index.json").write_text(json.dumps(index))
 
 
-def measure(shards: Path, samples: int, repeats: int) -> dict[str, float]:
-    """Median seconds per full pass, by mode (run in the measuring process)."""
-    from pipeline.reader import ShardDataset
+def load_baseline(directory: str, scratch: Path) -> type:
+    """``ShardDataset`` of the ``pipeline`` package in ``directory``, as package ``baseline``.
 
-    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    The package is copied into ``scratch`` with its ``pipeline.`` imports renamed, so that it
+    imports its own modules and not this checkout's.
+    """
+    target = scratch / "baseline"
+    shutil.copytree(Path(directory) / "pipeline", target)
+    for module in target.glob("*.py"):
+        text = module.read_text()
+        module.write_text(text.replace("from pipeline.", "from baseline.")
+                          .replace("import pipeline.", "import baseline."))
+    sys.path.insert(0, str(scratch))
+    return importlib.import_module("baseline.reader").ShardDataset
+
+
+def measure(readers: dict[str, type], shards: Path, samples: int, repeats: int
+            ) -> dict[str, dict[str, float]]:
+    """Median seconds per full pass, by reader and mode; readers and modes take turns."""
+    times = {name: {mode: [] for mode in MODES} for name in readers}
     for repeat in range(repeats + 1):
-        for mode, options in MODES.items():
-            start = time.perf_counter()
-            count = sum(1 for _ in ShardDataset(shards, **options))
-            seconds = time.perf_counter() - start
-            if count != samples:
-                raise RuntimeError(f"{mode}: read {count} samples of {samples}")
-            if repeat:  # the first pass warms the page cache and the imports
-                times[mode].append(seconds)
-    return {mode: statistics.median(values) for mode, values in times.items()}
-
-
-def run_process(shards: Path, samples: int, repeats: int, baseline: str | None) -> dict:
-    """:func:`measure` in a fresh interpreter, on ``baseline``'s ``pipeline`` when given."""
-    env = dict(os.environ)
-    if baseline:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline, env.get("PYTHONPATH")]))
-    out = subprocess.run(
-        [sys.executable, __file__, "--measure", str(shards), str(samples), str(repeats)],
-        env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        order = list(readers.items())
+        for name, reader in order if repeat % 2 else order[::-1]:
+            for mode, options in MODES.items():
+                start = time.perf_counter()
+                count = sum(1 for _ in reader(shards, **options))
+                seconds = time.perf_counter() - start
+                if count != samples:
+                    raise RuntimeError(f"{name} {mode}: read {count} samples of {samples}")
+                if repeat:  # the first pass warms the page cache
+                    times[name][mode].append(seconds)
+    return {name: {mode: statistics.median(v) for mode, v in by_mode.items()}
+            for name, by_mode in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples, repeats and rounds")
-    parser.add_argument("--repeats", type=int, default=None, help="passes per mode (default 3)")
-    parser.add_argument("--rounds", type=int, default=None, help="processes per implementation"
-                        " (default 3)")
+    parser.add_argument("--quick", action="store_true", help="fewer samples and repeats")
+    parser.add_argument("--repeats", type=int, default=None, help="passes per mode (default 7)")
     parser.add_argument("--baseline", help="a directory holding another `pipeline` package")
-    parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.measure:
-        shards, samples, repeats = args.measure
-        print(json.dumps(measure(Path(shards), int(samples), int(repeats))))
-        return
-    repeats = args.repeats or (1 if args.quick else 3)
-    rounds = args.rounds or (1 if args.quick else 3)
+    from pipeline.reader import ShardDataset
+
+    repeats = args.repeats or (2 if args.quick else 7)
     configs = [(16, 64, 200 if args.quick else 800), (32, 224, 20 if args.quick else 80)]
-    impls = {"this": None} if not args.baseline else {"baseline": args.baseline, "this": None}
     print(f"# bench_reader ({platform.processor() or platform.machine()}, numpy "
-          f"{np.__version__}, {rounds} rounds x {repeats} passes per mode)")
-    print("| R | S | sample MB | mode | " + " | ".join(f"{k} samples/s" for k in impls)
-          + (" | this / baseline |" if args.baseline else " |"))
-    print("|---|---|---|---|" + "---|" * (len(impls) + bool(args.baseline)))
+          f"{np.__version__}, median of {repeats} passes per mode)")
     with tempfile.TemporaryDirectory() as tmp:
+        readers = {"this": ShardDataset}
+        if args.baseline:
+            readers = {"baseline": load_baseline(args.baseline, Path(tmp)), **readers}
+        print("| R | S | sample MB | mode | " + " | ".join(f"{k} samples/s" for k in readers)
+              + (" | this / baseline |" if args.baseline else " |"))
+        print("|---|---|---|---|" + "---|" * (len(readers) + bool(args.baseline)))
         for frames, size, samples in configs:
             shards = Path(tmp) / f"r{frames}s{size}"
             write_test_shards(shards, samples, frames, size, per_shard=max(samples // 8, 1))
-            seconds: dict[str, list[dict]] = {k: [] for k in impls}
-            for _ in range(rounds):
-                for name, where in impls.items():
-                    seconds[name].append(run_process(shards, samples, repeats, where))
+            seconds = measure(readers, shards, samples, repeats)
             sample_mb = frames * size * size * 3 / 1e6
             for mode in MODES:
-                rates = {k: samples / statistics.median(r[mode] for r in v)
-                         for k, v in seconds.items()}
+                rates = {name: samples / seconds[name][mode] for name in readers}
                 row = f"| {frames} | {size} | {sample_mb:.2f} | {mode} | "
                 row += " | ".join(f"{rate:.0f}" for rate in rates.values())
                 if args.baseline:
