@@ -30,13 +30,13 @@ import functools
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import ffmpeg
 import imageio_ffmpeg
 import numpy as np
 from torchcodec_methods import METHODS as TORCHCODEC
@@ -70,7 +70,7 @@ class Group:
 
     name: str
     size: tuple[int, int]
-    encoder: tuple[str, ...]
+    encoder: tuple[tuple[str, str | int], ...]  # FFmpeg output options, in order
     ext: str
     long_gop: bool
     # Written through a pipe, as a live recording or `ffmpeg ... | cat` is: no duration and no
@@ -79,26 +79,26 @@ class Group:
 
 
 GROUPS = (
-    Group("h264_320x240", (320, 240), ("-c:v", "libx264", "-crf", "23"), "mp4", True),
-    Group("h264_640x360", (640, 360), ("-c:v", "libx264", "-crf", "23"), "mp4", True),
+    Group("h264_320x240", (320, 240), (("c:v", "libx264"), ("crf", 23)), "mp4", True),
+    Group("h264_640x360", (640, 360), (("c:v", "libx264"), ("crf", 23)), "mp4", True),
     Group(
         "mpeg4_gop30_bf2",
         (320, 240),
-        ("-c:v", "mpeg4", "-q:v", "5", "-g", "30", "-bf", "2"),
+        (("c:v", "mpeg4"), ("q:v", 5), ("g", 30), ("bf", 2)),
         "avi",
         False,
     ),
     Group(
         "mpeg4_gop30_p",
         (320, 240),
-        ("-c:v", "mpeg4", "-q:v", "5", "-g", "30", "-bf", "0"),
+        (("c:v", "mpeg4"), ("q:v", 5), ("g", 30), ("bf", 0)),
         "avi",
         False,
     ),
     Group(
         "vp9_piped_webm",
         (320, 240),
-        ("-c:v", "libvpx-vp9", "-crf", "33", "-b:v", "0", "-cpu-used", "4", "-f", "webm"),
+        (("c:v", "libvpx-vp9"), ("crf", 33), ("b:v", 0), ("cpu-used", 4), ("f", "webm")),
         "webm",
         True,
         piped=True,
@@ -109,7 +109,7 @@ GROUPS = (
 def make_clips(cache: Path, durations: list[int]) -> dict[str, list[Path]]:
     """Encode (once; cached by name) one clip per duration and group, cycling the sources."""
     cache.mkdir(parents=True, exist_ok=True)
-    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
     clips: dict[str, list[Path]] = {}
     todo = [(g, i, d) for g in GROUPS for i, d in enumerate(durations)]
     for group, i, seconds in tqdm(todo, desc="clips", unit="clip", leave=False):
@@ -117,20 +117,13 @@ def make_clips(cache: Path, durations: list[int]) -> dict[str, list[Path]]:
         path = cache / f"{group.name}_{i}_{seconds}s.{group.ext}"
         if not path.exists():
             tmp = path.with_name(f"tmp-{path.name}")
-            cmd = [
-                ffmpeg,
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                f"{source},{NOISE}",
-            ]
-            cmd += ["-t", str(seconds), *group.encoder, "-pix_fmt", "yuv420p"]
-            with open(tmp, "wb") as out:
-                subprocess.run([*cmd, "pipe:1" if group.piped else str(tmp)], check=True,
-                               stdout=out if group.piped else None)
+            target = "pipe:1" if group.piped else str(tmp)
+            clip = ffmpeg.input(f"{source},{NOISE}", f="lavfi").output(
+                target, t=seconds, pix_fmt="yuv420p", **dict(group.encoder))
+            out, _ = clip.global_args("-v", "error").overwrite_output().run(
+                cmd=exe, capture_stdout=group.piped)
+            if group.piped:
+                tmp.write_bytes(out)
             tmp.rename(path)  # a clip exists under its name only when complete
         clips.setdefault(group.name, []).append(path)
     return clips

@@ -46,12 +46,7 @@ from mof.models.base import InputContract
 from pipeline.framestore import FrameRows, FrameStore
 from pipeline.index import atomic_write_bytes, atomic_write_json
 from pipeline.sampling import uniform_subset
-from pipeline.shard_samples import (
-    decode_sample,
-    group_samples,
-    iter_members,
-    resolve_shards,
-)
+from pipeline.shard_samples import decode_sample, read_shard_samples, resolve_shards
 
 __all__ = ["DEFAULT_NUM", "ExportConfig", "denormalize", "export_frames", "format_summary",
            "render_grid"]
@@ -121,12 +116,13 @@ def _find_samples(shards: list[str], wanted: list[str]) -> dict[str, dict[str, A
     found: dict[str, dict[str, Any]] = {}
     remaining = set(wanted)
     for shard in shards:
-        for key, fields in group_samples(iter_members(shard), shard):
-            meta_id = json.loads(fields.get("json", b"{}") or b"{}").get("video_id")
+        for raw in read_shard_samples([{"url": shard}]):
+            key = raw["__key__"]
+            meta_id = json.loads(raw.get("json", b"{}") or b"{}").get("video_id")
             hit = key if key in remaining else meta_id if meta_id in remaining else None
             if hit is None:
                 continue
-            sample = decode_sample(shard, key, fields)
+            sample = decode_sample(raw)
             found[hit] = {"key": key, "frames": sample["frames"], "meta": sample["meta"]}
             remaining.discard(hit)
             if not remaining:

@@ -1,9 +1,10 @@
 """Stream shard samples for training and evaluation.
 
 :class:`ShardDataset` is a torch ``IterableDataset`` over the tar shards written by
-``mof-cli shard``. Its stages are small generators (tar members → samples → decoded samples →
-shuffle buffer), and its work is split at shard granularity, first by rank, then by DataLoader
-worker:
+``mof-cli shard``. Each pass builds a WebDataset pipeline (``wds.DataPipeline``): the epoch's
+shard list, a split by rank, WebDataset's split by DataLoader worker, tar streaming and grouping
+by key (:func:`~pipeline.shard_samples.read_shard_samples`), WebDataset's shuffle buffer and
+decoding into :class:`~pipeline.records.ShardSample` dicts. Work is split at shard granularity:
 
 - The shard list is put in a ``(seed, epoch)`` order (kept as given when ``shuffle == 0``),
   the same on every rank; rank ``r`` of ``W`` takes shards ``r, r + W, ...`` and worker ``w``
@@ -17,29 +18,52 @@ worker:
   ``(seed, epoch, world_size, num_workers)``. Call :meth:`ShardDataset.set_epoch` before each
   epoch (with ``persistent_workers=False``, the default, the workers see the new epoch).
 
+The rank split is ours, not ``wds.split_by_node``: that one reads the rank from the
+environment or torch.distributed only, and a dataset here may be given its rank explicitly
+(one process replaying every rank of a DDP run). The pipeline is built per pass, not once:
+the epoch and the worker id it is seeded with are known only then (WebDataset's
+``detshuffle`` counts epochs inside the worker, where a non-persistent worker forgets them).
+
 Loading is where errors raise: a truncated tar, a sample missing a member, or an array of the
 wrong type raises :class:`ShardReadError` naming the shard and the key.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import warnings
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import torch
+import webdataset as wds
 
 from pipeline.records import ShardSample
 from pipeline.shard_samples import (
     ShardReadError,
+    decode_samples,
     iter_shard,
+    read_shard_samples,
     resolve_shards,
-    shuffle_buffer,
 )
 
-__all__ = ["ShardDataset", "ShardReadError", "iter_shard", "resolve_shards", "shards_for_worker"]
+__all__ = [
+    "ShardDataset",
+    "ShardReadError",
+    "iter_shard",
+    "resolve_shards",
+    "shards_for_worker",
+    "split_by_rank",
+]
+
+
+def split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
+    """WebDataset stage: every ``world_size``-th item of ``src`` from ``rank`` on."""
+    return islice(src, rank, None, world_size)
 
 
 def shards_for_worker(
@@ -103,34 +127,44 @@ class ShardDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"rank {rank} is outside world_size {world}")
         return rank, world
 
+    def _shard_seed(self) -> str | None:
+        return f"{self.seed}/{self.epoch}/shards" if self.shuffle else None
+
     def epoch_shards(self) -> list[str]:
         """All shards in this epoch's order (identical on every rank)."""
-        shards = list(self.shards)
+        if not self.shards:  # SimpleShardList needs at least one
+            return []
+        return [s["url"] for s in wds.SimpleShardList(self.shards, seed=self._shard_seed())]
+
+    def pipeline(self, rank: int, world_size: int, worker: int) -> wds.DataPipeline:
+        """This epoch's WebDataset pipeline for DataLoader ``worker`` on ``rank``."""
+        shuffle = None
         if self.shuffle:
-            random.Random(f"{self.seed}/{self.epoch}/shards").shuffle(shards)
-        return shards
+            rng = random.Random(f"{self.seed}/{self.epoch}/{rank}/{worker}")
+            shuffle = wds.shuffle(self.shuffle, initial=self.shuffle, rng=rng)
+        return wds.DataPipeline(
+            wds.SimpleShardList(self.shards, seed=self._shard_seed()),
+            functools.partial(split_by_rank, rank=rank, world_size=world_size),
+            wds.split_by_worker,
+            read_shard_samples,
+            shuffle,  # None: DataPipeline leaves the stage out
+            functools.partial(decode_samples, decode=self.decode),
+        )
 
     def __iter__(self) -> Iterator[ShardSample]:
         rank, world = self._rank_world()
-        info = torch.utils.data.get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # The worker id as wds.split_by_worker sees it ($WORKER, else the DataLoader's).
+        _, _, worker, num_workers = wds.utils.pytorch_worker_info()
         if len(self.shards) < world:
             raise ValueError(
                 f"{len(self.shards)} shards cannot feed {world} ranks (a rank without data hangs "
                 "a DDP job); write more, smaller shards (mof-cli shard --shard-size)"
             )
-        mine = shards_for_worker(self.epoch_shards(), rank, world, worker, num_workers)
-        if not mine:
+        if not shards_for_worker(self.shards, rank, world, worker, num_workers):
             warnings.warn(
                 f"rank {rank} worker {worker}: no shard to read ({len(self.shards)} shards for "
                 f"{world} ranks x {num_workers} workers); this worker stays idle",
                 stacklevel=2,
             )
             return
-        samples: Iterator[ShardSample] = (
-            s for shard in mine for s in iter_shard(shard, self.decode)
-        )
-        if self.shuffle:
-            rng = random.Random(f"{self.seed}/{self.epoch}/{rank}/{worker}")
-            samples = shuffle_buffer(samples, self.shuffle, rng)
-        yield from samples
+        yield from self.pipeline(rank, world, worker)

@@ -1,9 +1,9 @@
 """The unit of work of ``mof-cli shard``: one whole shard, decoded and written crash-safely.
 
 The plan is deterministic: records sorted by video id, video ``k`` in shard ``k // shard_size``.
-A worker writes a shard to ``<name>.tmp``, fsyncs it, commits the shard's error records beside
-it and only then renames the tar to its final name, so a shard under its final name is always
-complete and its errors are always on disk with it.
+A worker writes a shard to ``<name>.tmp`` with WebDataset's ``TarWriter``, fsyncs it, commits
+the shard's error records beside it and only then renames the tar to its final name, so a shard
+under its final name is always complete and its errors are always on disk with it.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import json
 import os
 import re
 import signal
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import webdataset as wds
 
 from pipeline.index import atomic_write_bytes, errors_sidecar, shard_name
 from pipeline.records import SHARD_FORMAT_VERSION, VideoRecord
@@ -167,18 +167,12 @@ def _encode_video(
     return sample, None
 
 
-def _add_sample(tar: tarfile.TarFile, sample: dict[str, Any]) -> None:
-    """Append one sample's members (``<key>.<field>``) to ``tar``, adjacent and in field order.
-
-    Members carry mtime 0 and no owner, so a shard is a function of its samples and a re-run
-    writes identical bytes. (WebDataset's own writer would import torch in every worker.)
-    """
-    key = sample["__key__"]
-    for name in sorted(k for k in sample if not k.startswith("__")):
-        data = sample[name]
-        info = tarfile.TarInfo(f"{key}.{name}")
-        info.size, info.mtime, info.mode = len(data), 0, 0o444
-        tar.addfile(info, io.BytesIO(data))
+# Members carry mtime 0, mode 0444 and no owner, in a PAX tar (the format tarfile writes by
+# default, which lifts ustar's 100-character name limit): a shard is a function of its samples,
+# so a re-run writes identical bytes. No encoder: samples arrive as bytes.
+_TAR_OPTIONS: dict[str, Any] = {
+    "user": "", "group": "", "mode": 0o444, "mtime": 0, "format": "PAX_FORMAT", "encoder": False,
+}
 
 
 def write_one_shard(
@@ -203,11 +197,12 @@ def write_one_shard(
     errors: list[dict[str, Any]] = []
     samples = 0
     with open(tmp, "wb") as stream:
-        with tarfile.open(fileobj=stream, mode="w") as tar:
+        # Each sample's members adjacent, in field order (webdataset's TarWriter sorts them).
+        with wds.TarWriter(stream, **_TAR_OPTIONS) as tar:
             for record, key in zip(task.records, task.keys):
                 sample, error = _encode_video(record, key, settings)
                 if error is None:
-                    _add_sample(tar, sample)
+                    tar.write(sample)
                     samples += 1
                 else:
                     errors.append({**error, "shard": task.name})

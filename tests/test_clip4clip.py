@@ -197,6 +197,25 @@ def test_file_written_by_the_inverse_map_loads(tmp_path):
                                    atol=2e-3, rtol=2e-3)
 
 
+def test_float32_checkpoint_loads_saves_and_reloads(tmp_path):
+    # A fp32 file: q/k/v are chunked out of one in_proj tensor and adopted without a cast.
+    torch.manual_seed(0)
+    source = create_model("clip4clip-tiny").eval()
+    state = hf_to_openai(source.clip.state_dict())
+    assert {v.dtype for v in state.values()} == {torch.float32}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    loaded = create_model("clip4clip-tiny")
+    load_clip4clip_checkpoint(loaded, tmp_path / "pytorch_model.bin")
+    storages = [p.untyped_storage().data_ptr() for p in loaded.parameters()]
+    assert len(set(storages)) == len(storages)  # no two parameters share memory
+    save_model(loaded, tmp_path / "saved")
+    reloaded = load_model(tmp_path / "saved").state_dict()
+    expected = source.state_dict()
+    assert reloaded.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(reloaded[key], value, atol=0, rtol=0, msg=key)
+
+
 def test_transformers_clip_directory_full_size(full, tmp_path):
     _, _, _, model = full
     model.clip.save_pretrained(tmp_path / "clip")

@@ -131,8 +131,8 @@ def videos(tmp_path_factory) -> dict[str, Path]:
         paths["h264"], root / "piped.mkv", "matroska", piped=True
     )
     # Xvid in AVI packs B-frames with their P-frame and leaves placeholder packets (MSVD's format).
-    xvid_args = ("-c:v", "libxvid", "-bf", "2", "-g", "12")
-    paths["xvid.avi"] = transcode(paths["h264"], root / "xvid.avi", *xvid_args)
+    xvid = {"c:v": "libxvid", "bf": 2, "g": 12}
+    paths["xvid.avi"] = transcode(paths["h264"], root / "xvid.avi", **xvid)
     full_mkv = remux(paths["h264"], root / "full.mkv", "matroska", piped=False)
     paths["truncated.mkv"] = truncate(full_mkv, root / "truncated.mkv", 0.6)
     paths["truncated.mp4"] = truncate(paths["h264"], root / "truncated.mp4", 0.6)

@@ -25,7 +25,7 @@ from mof.models.convert import (
     resize_temporal_embed,
 )
 from mof.models.frozen import FrozenConfig
-from mof.models.io import PickleStub
+from mof.models.io import FrozenConfigParser
 from mof.models.space_time import SpaceTimeTransformer
 from tests.tokenizer_dirs import distilbert_tokenizer
 
@@ -273,7 +273,7 @@ def test_frozen_checkpoint_full_size(tmp_path):
     assert info["arch"] == "DataParallel" and info["epoch"] == 3 and "optimizer" not in info
     assert float(info["monitor_best"]) == 0.25
     config = info["config"]  # the pickled parse_config.ConfigParser, as an inert record
-    assert isinstance(config, PickleStub) and type(config).__qualname__ == "ConfigParser"
+    assert isinstance(config, FrozenConfigParser) and config.args == ()
     assert config.state["_config"]["name"] == "MSRVTTjsfusion_4f"
     assert config.state["cfg_fname"].name == "config.json"
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -145,6 +147,29 @@ def test_bad_inputs_are_recorded_not_fatal(reference):
         and stages["notavideo"] == "decode"
     )
     assert not list(reference.glob("*.tmp"))
+
+
+def _plain_tar(members: list[tuple[str, bytes]]) -> bytes:
+    """The shard format written with the standard library alone: a PAX tar whose members carry
+    mtime 0, mode 0444 and no owner (the bytes every earlier release wrote)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_shards_are_byte_identical_to_the_plain_tar_format(reference):
+    for path in sorted(reference.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            members = [(m.name, tar.extractfile(m).read()) for m in tar]
+        names = [name for name, _ in members]
+        # Each sample's members adjacent and in field order: frames.npy, then json.
+        assert names == [f"{k}.{f}" for k in dict.fromkeys(n.split(".")[0] for n in names)
+                         for f in ("frames.npy", "json")]
+        assert path.read_bytes() == _plain_tar(members), path.name
 
 
 def test_parallel_workers_write_identical_shards(data_root, reference, tmp_path):

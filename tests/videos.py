@@ -1,4 +1,5 @@
-"""Generate small test videos with FFmpeg (PyAV in-process, or the imageio-ffmpeg binary).
+"""Generate small test videos with FFmpeg (PyAV in-process, or ffmpeg-python driving the
+imageio-ffmpeg binary).
 
 Every frame shows a pattern that survives lossy coding, resizing and centre cropping:
 
@@ -14,12 +15,12 @@ repository; every video is generated where it is needed.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import ffmpeg
 import imageio_ffmpeg
 import numpy as np
 
@@ -210,12 +211,19 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def _run_ffmpeg(args: list[str], stdout=None) -> None:
-    subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args],
-        check=True,
-        stdout=stdout,
-    )
+def _run_ffmpeg(graph: ffmpeg.nodes.OutputStream) -> bytes:
+    """Run an ffmpeg-python graph with the bundled binary; return what it wrote to stdout.
+
+    Raises:
+        RuntimeError: FFmpeg failed; the message holds its stderr.
+    """
+    graph = graph.global_args("-hide_banner", "-loglevel", "error", "-nostdin").overwrite_output()
+    try:
+        out, _ = graph.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
+    except ffmpeg.Error as err:
+        raise RuntimeError(f"{' '.join(graph.compile(cmd=ffmpeg_exe()))} failed:\n"
+                           f"{err.stderr.decode(errors='replace')}") from None
+    return out
 
 
 def remux(
@@ -234,40 +242,28 @@ def remux(
         ``dst``.
     """
     dst = Path(dst)
-    if not piped:
-        _run_ffmpeg(["-i", str(src), "-c", "copy", "-f", container_format, str(dst)])
-        return dst
-    with open(dst, "wb") as out:
-        _run_ffmpeg(
-            ["-i", str(src), "-c", "copy", "-f", container_format, "pipe:1"], stdout=out
-        )
+    target = "pipe:1" if piped else str(dst)
+    out = _run_ffmpeg(ffmpeg.input(str(src)).output(target, c="copy", f=container_format))
+    if piped:
+        dst.write_bytes(out)
     return dst
 
 
-def transcode(src: str | Path, dst: str | Path, *args: str) -> Path:
+def transcode(src: str | Path, dst: str | Path, **options: str | int) -> Path:
     """Re-encode ``src`` with the FFmpeg binary and the given output options.
 
-    For encoders PyAV's FFmpeg lacks, e.g. ``transcode(a, "b.avi", "-c:v", "libxvid")``.
+    For encoders PyAV's FFmpeg lacks, e.g. ``transcode(a, "b.avi", **{"c:v": "libxvid"})``.
     """
     dst = Path(dst)
-    _run_ffmpeg(["-i", str(src), *args, str(dst)])
+    _run_ffmpeg(ffmpeg.input(str(src)).output(str(dst), **options))
     return dst
 
 
 def make_audio_only(path: str | Path, seconds: float = 1.0) -> Path:
     """An ``.mp4`` holding one AAC audio stream (a sine tone) and no video."""
     path = Path(path)
-    _run_ffmpeg(
-        [
-            "-f",
-            "lavfi",
-            "-i",
-            f"sine=frequency=440:duration={seconds}",
-            "-c:a",
-            "aac",
-            str(path),
-        ]
-    )
+    tone = ffmpeg.input(f"sine=frequency=440:duration={seconds}", f="lavfi")
+    _run_ffmpeg(tone.output(str(path), **{"c:a": "aac"}))
     return path
 
 

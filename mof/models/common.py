@@ -149,8 +149,28 @@ def load_strictly(module: nn.Module, state: dict[str, torch.Tensor], source: str
                          + "; ".join(problems))
     # assign=True adopts the (converted) tensors instead of copying them into freshly allocated
     # parameters: loading a ViT-B/32 that way costs no second copy of its 600 MB.
-    module.load_state_dict({k: v.to(device=ours[k].device, dtype=ours[k].dtype)
-                            for k, v in state.items()}, strict=True, assign=True)
+    adopted = {k: v.to(device=ours[k].device, dtype=ours[k].dtype) for k, v in state.items()}
+    module.load_state_dict(_own_storage(adopted), strict=True, assign=True)
+
+
+def _own_storage(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with each tensor that does not own its storage alone replaced by a copy.
+
+    Adopted as parameters, a view into a larger storage (a q/k/v row block chunked out of a
+    fp32 ``in_proj_weight``) or a storage held under two keys would leave parameters sharing
+    memory: safetensors refuses to save them and an optimiser would update them together.
+    Tensors that already own their storage (every cast from fp16) are kept as they are.
+    """
+    seen: set[int] = set()
+    out = {}
+    for key, value in state.items():
+        storage = value.untyped_storage()
+        whole = value.is_contiguous() and value.numel() * value.element_size() == storage.nbytes()
+        if not whole or storage.data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        out[key] = value
+    return out
 
 
 def frame_contract(config: Any, mean: tuple[float, float, float],

@@ -108,8 +108,9 @@ def load_frozen_checkpoint(
 ) -> dict[str, Any]:
     """Load a Frozen in Time checkpoint (``.pth.tar``) into a ``FrozenInTime`` model, strictly.
 
-    The file is read with the restricted unpickler (its pickled ``parse_config.ConfigParser``
-    becomes an inert stub; nothing in it runs). Only ``state_dict`` is used.
+    The file is read with :func:`~mof.models.io.safe_torch_load` (its pickled
+    ``parse_config.ConfigParser`` becomes an inert stand-in; nothing in it runs). Only
+    ``state_dict`` is used.
 
     Args:
         model: a ``FrozenInTime`` whose architecture matches the checkpoint.

@@ -205,7 +205,7 @@ def frozen(
         text_dir: local DistilBERT directory (``save_pretrained``: config, weights, tokenizer).
         tokenizer_dir: local tokenizer directory; defaults to ``text_dir``.
         vit_weights: timm ``vit_base_patch16_224`` weights (``.safetensors``/``.pth``/``.npz``).
-        checkpoint: a Frozen checkpoint (``.pth.tar``), loaded with a restricted unpickler.
+        checkpoint: a Frozen checkpoint (``.pth.tar``), loaded with ``torch.load(weights_only=True)``.
         temporal_fix: how a checkpoint's temporal embeddings reach ``max_frames`` when it has
             fewer frames (more are truncated): ``zeros`` (Frozen's default), ``nearest`` or
             ``bilinear`` interpolation.

@@ -13,18 +13,24 @@ What a family must provide for this to work: ``model.spec`` (JSON, architecture 
 paths), ``model.tokenizer`` (WordTokenizer, transformers tokenizer or None), and constructor
 keywords ``tokenizer=`` (a WordTokenizer) and ``tokenizer_dir=`` (a tokenizer directory).
 
-Foreign checkpoints are read with :func:`safe_torch_load`, a restricted unpickler: tensors and
-plain containers load, unknown classes become inert :class:`PickleStub` objects, and any attempt
-to *call* something that is not on the allowlist refuses the file. No pickled code runs.
+Foreign checkpoints are read with :func:`safe_torch_load`: ``torch.load(weights_only=True)``,
+whose unpickler builds only tensors, plain containers and the globals it is allowed, plus an
+allow-list (:data:`SAFE_GLOBALS`) of inert data types: numpy scalars and arrays, paths as pure
+paths, and :class:`PickledObject` stand-ins for the classes the peers pickle into their
+checkpoints (Frozen's ``parse_config.ConfigParser``). Any other global refuses the file with
+:class:`UnsafePickleError`. No pickled code runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import pathlib
+import pickle
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import safetensors.torch
@@ -33,11 +39,12 @@ import torch
 from mof.models import create_model
 from mof.models.base import RetrievalModel
 from mof.models.tokenizer import WordTokenizer
-from mof.models.unpickle import PickleStub, UnsafePickleError, restricted_pickle_module
 
 __all__ = [
     "MODEL_FORMAT_VERSION",
-    "PickleStub",
+    "SAFE_GLOBALS",
+    "FrozenConfigParser",
+    "PickledObject",
     "UnsafePickleError",
     "load_model",
     "read_state_dict",
@@ -152,25 +159,100 @@ def _as_built(contract: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in contract.items()}
 
 
-def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load`` of a foreign file through the restricted unpickler, onto the CPU.
+class UnsafePickleError(pickle.UnpicklingError):
+    """A foreign file holds a global outside the allow-list; the message names file and global."""
 
-    Tensors, storages, plain containers, ``OrderedDict``, paths and numpy scalars load;
-    other classes come back as inert :class:`PickleStub` objects (their pickled state kept in
-    ``.state``); a pickle that calls anything else is refused before the call happens.
+
+class PickledObject:
+    """Inert stand-in for a class that a foreign checkpoint pickles: it keeps data, runs nothing.
+
+    The weights-only unpickler creates it (``__new__``, or a call, which does the same) and hands
+    it the pickled state (``__setstate__``), which it stores as it came.
+
+    Attributes:
+        pickled_name: the ``module.Class`` the file names.
+        args: arguments the pickle gave to ``__new__`` (usually none).
+        state: the pickled state, usually the original object's ``__dict__``.
+    """
+
+    pickled_name: ClassVar[str] = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:  # noqa: PYI034
+        obj = object.__new__(cls)
+        obj.args, obj.state = args, None
+        return obj
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} for {self.pickled_name}>"
+
+
+class FrozenConfigParser(PickledObject):
+    """Frozen in Time's ``parse_config.ConfigParser``, the ``config`` entry of its checkpoints.
+
+    ``state`` holds ``_config`` (the run's JSON config, an ``OrderedDict``), paths
+    (``cfg_fname``, ``_save_dir``, ``_log_dir``, ...) and ``log_levels``.
+    """
+
+    pickled_name = "parse_config.ConfigParser"
+
+
+def _safe_globals() -> list[Any]:
+    """What ``torch.load(weights_only=True)`` may build beyond its defaults, by pickled name."""
+    import numpy
+
+    # numpy's rebuild functions, found through the pickling protocol rather than private modules;
+    # numpy 1 pickles name them under numpy.core, numpy 2 under numpy._core.
+    scalar, reconstruct = numpy.float64(0).__reduce__()[0], numpy.zeros(1).__reduce__()[0]
+    allowed: list[Any] = [
+        (FrozenConfigParser, FrozenConfigParser.pickled_name),
+        argparse.Namespace,  # timm's training script saves its args; an attribute bag
+        numpy.dtype, numpy.ndarray,
+        *{type(numpy.dtype(code)) for code in numpy.typecodes["All"] if code not in "OSUV"},
+    ]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(scalar, f"{module}.scalar"), (reconstruct, f"{module}._reconstruct")]
+    # Paths rebuild as pure paths: no file-system access, and Windows paths load on Linux.
+    for module in ("pathlib", "pathlib._local"):
+        allowed += [(pathlib.PurePath, f"{module}.{name}") for name in ("Path", "PurePath")]
+        allowed += [(pathlib.PurePosixPath, f"{module}.{name}")
+                    for name in ("PosixPath", "PurePosixPath")]
+        allowed += [(pathlib.PureWindowsPath, f"{module}.{name}")
+                    for name in ("WindowsPath", "PureWindowsPath")]
+    return allowed
+
+
+#: Globals :func:`safe_torch_load` allows beyond torch's weights-only defaults (class or
+#: ``(object, pickled name)``), all of them data without behaviour.
+SAFE_GLOBALS = _safe_globals()
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)`` of a foreign file with :data:`SAFE_GLOBALS`, onto the CPU.
+
+    Tensors, plain containers, ``OrderedDict``, numpy scalars and arrays, and paths (as pure
+    paths) load; the peers' pickled config objects come back as :class:`PickledObject`
+    stand-ins (their pickled state in ``.state``); any other global refuses the file before
+    anything is called.
 
     Raises:
-        UnsafePickleError: the file tries to call a non-allowlisted global (names it).
+        UnsafePickleError: the file names a global outside the allow-list (names file and global).
         FileNotFoundError: ``path`` does not exist.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=False,
-                          pickle_module=restricted_pickle_module)
-    except UnsafePickleError as err:
-        raise UnsafePickleError(f"{path}: {err}") from None
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch wraps the unpickler's one-line reason in advice about weights_only=False.
+        inner = err.__context__ if isinstance(err.__context__, pickle.UnpicklingError) else err
+        reason = str(inner).split(" Please use")[0].strip()
+        raise UnsafePickleError(f"{path}: refused by torch.load(weights_only=True): {reason}"
+                                ) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

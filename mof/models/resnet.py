@@ -177,8 +177,8 @@ class ResNetRetrieval(FrozenTextSide):
 def load_timm_resnet(video_model: nn.Module, path: str | Path) -> None:
     """Load timm (or torchvision: same key names) ResNet weights from a local file, strictly.
 
-    ``path`` is a ``.safetensors``, ``.pth``/``.bin`` (read through the restricted unpickler of
-    :func:`mof.models.io.read_state_dict`: no pickled code runs) or ``.npz`` file, or a
+    ``path`` is a ``.safetensors``, ``.pth``/``.bin`` (read with ``torch.load(weights_only=True)``
+    by :func:`mof.models.io.read_state_dict`: no pickled code runs) or ``.npz`` file, or a
     directory holding ``model.safetensors`` (timm's Hugging Face layout), ``pytorch_model.bin``
     or ``model.pth``. The classifier (``fc.*``) is dropped.
 
