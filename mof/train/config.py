@@ -161,7 +161,7 @@ class TrainConfig:
     frame_steps: int = 1
     inner_step: str = "sgd"
     frame_param: str = "pixels"
-    mix_lr: float = 0.05
+    mix_lr: float = 0.5
     mix_init_logit: float = 4.0
     epochs: int = 10
     eval_every: int = 1
