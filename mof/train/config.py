@@ -99,7 +99,8 @@ class TrainConfig:
             under both schedules).
         frame_param: what the frames' Adam steps: ``pixels`` (the paper: each element of ε)
             or ``mix`` (each learnable frame is a per-video softmax mix of R fixed regular
-            frames plus a pixel residual; the mixing logits step with ``mix_lr``).
+            frames plus a pixel residual; the mixing logits step with ``mix_lr``). Like every
+            frame-level setting, ignored by a baseline run.
         mix_lr: ``mix``: Adam learning rate of the mixing logits.
         mix_init_logit: ``mix``: initial logit of the regular frame nearest each learnable
             frame's uniform position (the others start at 0).
@@ -237,10 +238,8 @@ class TrainConfig:
         for name in ("lr", "frame_lr", "fd_step", "mix_lr"):
             if not getattr(self, name) > 0:
                 p.append(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if not (0 <= self.mix_init_logit < 50):  # exp(50) would overflow the softmax's float32
+        if not (0 <= self.mix_init_logit < 50):  # beyond, the softmax's gradient underflows
             p.append(f"--mix-init-logit must be in [0, 50), got {self.mix_init_logit}")
-        if self.frame_param == "mix" and ":" not in str(self.frames):
-            p.append(f"--frame-param mix needs MOF frames 'R:U', got --frames {self.frames}")
         if self.inner_lr is not None and not self.inner_lr > 0:
             p.append(f"--inner-lr must be > 0, got {self.inner_lr}")
         if self.weight_decay < 0:
