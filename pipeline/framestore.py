@@ -287,8 +287,8 @@ class FrameStore:
         """
         self._require_writable()
         if data.fields != self.fields:
-            raise ValueError(f"a write to this {self.frame_param} store needs the fields "
-                             f"{self.fields}, got {data.fields}")
+            raise ValueError(f"a write needs every field of this {self.frame_param} store "
+                             f"{self.fields}, got only {data.fields}")
         rows = _as_rows(rows, self.num_videos)
         expected = (len(rows), *self._arrays["frames"].shape[1:])
         if data.frames.shape != expected:

@@ -139,8 +139,8 @@ class AsyncFrameIO:
         if len(rows) != len(data):
             raise ValueError(f"{len(rows)} rows but {len(data)} rows of data")
         if data.fields != self.store.fields:
-            raise ValueError(f"a write needs the store's fields {self.store.fields}, got "
-                             f"{data.fields}")
+            raise ValueError(f"a write needs every field of the store {self.store.fields}, "
+                             f"got only {data.fields}")
         if self.copy:
             data = FrameRows(**{name: np.array(getattr(data, name)) for name in data.fields})
         while len(self._pending) >= self.max_pending_writes:

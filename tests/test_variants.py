@@ -147,7 +147,7 @@ def test_mix_store_round_trip_and_errors(tmp_path):
     assert not back.mix_exp_avg_sq.any() and back.step.tolist() == [0, 0]
     only = store.read([1], fields=("frames", "mix_logits"))
     assert only.mix_exp_avg is None and only.exp_avg is None
-    with pytest.raises(ValueError, match="needs the fields"):  # a write without the mix arrays
+    with pytest.raises(ValueError, match="needs every field"):  # a write without the mix arrays
         store.write([0], FrameRows(frames[:1], frames[:1], frames[:1], np.zeros(1, np.int64)))
     with pytest.raises(ValueError, match=r"mix arrays have shapes"):
         FrameRows(frames[:1], mix_logits=logits[:1, :1])
