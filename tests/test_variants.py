@@ -172,3 +172,18 @@ def test_version_1_store_opens_as_a_pixels_store(tmp_path):
     group.attrs["format_version"] = 3
     with pytest.raises(ValueError, match="format_version 3"):
         FrameStore.open(path)
+
+
+def test_config_checks_the_variant_settings():
+    from mof.train.config import ConfigError, TrainConfig
+
+    base = {"model": "frozen-tiny", "train": "x", "out": "y", "frames": "8:4"}
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(**base, frame_steps=0, inner_step="adam", frame_param="logits", mix_lr=0,
+                    mix_init_logit=-1)
+    for option in ("--frame-steps", "--inner-step", "--frame-param", "--mix-lr",
+                   "--mix-init-logit"):
+        assert option in str(err.value)
+    # The epoch schedule's alpha = 1 belongs to its SGD step; the AdamW step takes --lr.
+    assert TrainConfig(**base, frame_schedule="epoch").alpha == 1.0
+    assert TrainConfig(**base, frame_schedule="epoch", inner_step="adamw", lr=3e-4).alpha == 3e-4
