@@ -28,6 +28,10 @@ over phases 1-10 (phase 0 is warm-up; 10 phases hold whole cycles of k = 2, 5, 1
   trainer's.
 
     .venv/bin/python benchmarks/bench_train.py [--augment none] [--json out.json]  # ~8 min
+
+``--variants`` instead measures the variants of ``docs/variants.md`` (``--frame-param mix``,
+``--inner-step adamw``, ``--frame-steps 3``, the three together) beside the paper's MOF 8:4
+and the baselines on 4 and 8 frames, in one rotation (phase time only, no memory pass).
 """
 
 from __future__ import annotations
@@ -46,7 +50,17 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from train_tables import EVERY, FLOOR, MODES, PAIRS, PAPER, report, schedule_table
+from train_tables import (
+    EVERY,
+    FLOOR,
+    MODES,
+    PAIRS,
+    PAPER,
+    VARIANTS,
+    report,
+    schedule_table,
+    variant_table,
+)
 
 BATCH = 8
 WINDOW = range(1, 11)  # measured phases
@@ -233,12 +247,15 @@ class Run:
     frames: str
     mode: str | None = None
     every: int = 1
+    variant: str | None = None  # a VARIANTS label
 
     @property
     def name(self) -> str:
         if self.mode is None:
             return f"baseline {self.frames}"
-        return f"MOF {self.frames} {self.mode}" + (f" every {self.every}" if self.every > 1 else "")
+        return (f"MOF {self.frames} {self.mode}" + (f" every {self.every}" if self.every > 1
+                                                     else "")
+                + (f" {self.variant}" if self.variant else ""))
 
 
 def make_trainer(run: Run, shards: str, workdir: Path, augment: str | None = None):
@@ -251,7 +268,8 @@ def make_trainer(run: Run, shards: str, workdir: Path, augment: str | None = Non
                       fd_scheme=MODES[run.mode or default_mode()][1],
                       frame_step_every=run.every, epochs=1, batch_size=BATCH, lr=1e-3,
                       workers=0, shuffle_buffer=0, device="cpu", log_every=10**6,
-                      **({} if augment is None else {"augment": augment}))
+                      **({} if augment is None else {"augment": augment}),
+                      **VARIANTS.get(run.variant, {}))
     trainer = Trainer(cfg, progress_bar=False)
     trainer.setup()
     return trainer
@@ -384,6 +402,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--augment", choices=("none", "crop", "crop-flip"),
                         help="train-time augmentation [default: the trainer's]")
+    parser.add_argument("--variants", action="store_true",
+                        help="measure the variants beside MOF 8:4 (see the module doc)")
     parser.add_argument("--memory", help=argparse.SUPPRESS)  # internal: the memory pass
     parser.add_argument("runs", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -395,9 +415,13 @@ def main() -> None:
     default = default_mode()
     videos = BATCH * (WINDOW.stop + 1)
     shards = make_shards(args.cache, videos, max(r for r, _ in PAIRS))
-    runs = [Run(str(n)) for n in sorted({n for pair in PAIRS for n in pair})]
-    runs += [Run(f"{r}:{u}", mode) for r, u in PAIRS for mode in MODES]
-    runs += [Run(f"{r}:{u}", default, k) for r, u in PAPER for k in EVERY]
+    if args.variants:
+        runs = [Run("4"), Run("8"), Run("8:4", default)]
+        runs += [Run("8:4", default, variant=v) for v in VARIANTS]
+    else:
+        runs = [Run(str(n)) for n in sorted({n for pair in PAIRS for n in pair})]
+        runs += [Run(f"{r}:{u}", mode) for r, u in PAIRS for mode in MODES]
+        runs += [Run(f"{r}:{u}", default, k) for r, u in PAPER for k in EVERY]
     restore = install_global_timers()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
@@ -410,6 +434,13 @@ def main() -> None:
                     trainer.cleanup()
     finally:
         restore()
+    if args.variants:
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"frozen-tiny, batch {BATCH}, 64 px, 1 CPU thread, torch {torch.__version__}; "
+              f"mean CPU ms over phases {WINDOW.start}-{WINDOW.stop - 1}; mode: {default}\n")
+        print("\n".join(variant_table(results, f"MOF 8:4 {default}")))
+        return None
     every1 = [r for r in runs if r.every == 1]
     for name, peak in peaks_in_subprocess(shards, every1, args.augment).items():
         results[name]["peak_mib"] = peak

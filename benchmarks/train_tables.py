@@ -13,6 +13,10 @@ FLOOR = {"exact": {"model_step": 1, "inner_U": 1, "outer_R": 1, "eps_U": 2},
 #: The paper's train hours on MSR-VTT: MOF R:U over Frozen trained on R frames (its Table VI).
 PAPER = {(8, 8): 10 / 8, (32, 8): 28 / 20}
 EVERY = (2, 5, 10)
+#: The variants of docs/variants.md: label → TrainConfig settings.
+VARIANTS = {"mix": {"frame_param": "mix"}, "adamw": {"inner_step": "adamw"},
+            "k3": {"frame_steps": 3},
+            "mix+adamw+k3": {"frame_param": "mix", "inner_step": "adamw", "frame_steps": 3}}
 
 
 def _frames(name: str) -> tuple[int, int]:
@@ -82,4 +86,21 @@ def schedule_table(results: dict[str, dict[str, float]], default: str) -> list[s
         k = f"{b / (paper - a):.1f}" if paper > a else f"none (a = {a:.2f} > {paper:.2f})"
         lines.append(f"| {regular}:{used} | {paper:.2f} | "
                      + " | ".join(f"{r:.2f}" for r in ratios) + f" | {a:.2f} + {b:.2f}/k | {k} |")
+    return lines
+
+
+def variant_table(results: dict[str, dict[str, float]], paper: str) -> list[str]:
+    """Markdown table: each variant's phase beside the paper's MOF phase ``paper`` and the
+    baselines on U and R frames."""
+    regular, used = _frames(paper)
+    base_u, base_r = results[f"baseline {used}"]["cpu"], results[f"baseline {regular}"]["cpu"]
+    lines = ["| phase | CPU ms | × baseline-U | × baseline-R | × paper's MOF | frame step ms |",
+             "|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        if not key.startswith(paper) and not key.startswith("baseline"):
+            continue
+        cpu = r["cpu"]
+        lines.append(f"| {key} | {1e3 * cpu:.0f} | {cpu / base_u:.2f} | {cpu / base_r:.2f} | "
+                     f"{cpu / results[paper]['cpu']:.2f} | "
+                     f"{1e3 * r.get('frame_step', 0.0):.0f} |")
     return lines

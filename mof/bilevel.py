@@ -49,6 +49,7 @@ from mof.bilevel_passes import (
     norm_of,
     outer_pass,
     param_leaves,
+    precondition,
     rng_scope,
     sgd_step,
 )
@@ -58,6 +59,8 @@ __all__ = [
     "LossFn",
     "MetaGradMode",
     "MetaGradResult",
+    "Preconditioner",
+    "adamw_preconditioner",
     "fd_step_cosines",
     "frame_adam_step",
     "inner_gradient",
@@ -69,6 +72,8 @@ __all__ = [
 
 MetaGradMode = Literal["exact", "finite-diff", "first-order"]
 FDScheme = Literal["central", "forward"]
+#: P of the inner step Θ'' = Θ − α P ⊙ ∇_Θ L: name → tensor of the parameter's shape.
+Preconditioner = dict[str, Tensor]
 
 
 @dataclass
@@ -107,7 +112,8 @@ def _inner_graph(loss_fn, params, frames_u, seed):
     return eps, inner.detach(), dict(zip(theta, g, strict=True))
 
 
-def _exact(loss_fn, params, frames_u, frames_r, alpha, shared, seed) -> MetaGradResult:
+def _exact(loss_fn, params, frames_u, frames_r, alpha, shared, seed, precond
+           ) -> MetaGradResult:
     if shared is None:
         # One VJP through the unrolled step; the inner graph is held during the outer pass.
         eps, inner_loss, g = _inner_graph(loss_fn, params, frames_u, seed)
@@ -116,8 +122,10 @@ def _exact(loss_fn, params, frames_u, frames_r, alpha, shared, seed) -> MetaGrad
     else:
         step = shared.params
     with torch.no_grad():
-        theta2 = sgd_step({k: p.detach() for k, p in params.items()}, step, alpha)
+        theta2 = sgd_step({k: p.detach() for k, p in params.items()}, step, alpha, precond)
     outer_loss, v = outer_pass(loss_fn, theta2, frames_r, seed)
+    # Θ'' = Θ − α P ⊙ g: the VJP of g carries P ⊙ v (P is constant in ε).
+    pv = precondition(v, precond)
     if shared is not None:
         # Outer pass first, inner graph built after it: the two graphs never coexist, so the
         # peak memory stays near one double-backward pass on U frames.
@@ -128,27 +136,32 @@ def _exact(loss_fn, params, frames_u, frames_r, alpha, shared, seed) -> MetaGrad
     if live:
         try:
             (grad,) = torch.autograd.grad([g[k] for k in live], [eps],
-                                          grad_outputs=[-alpha * v[k] for k in live],
+                                          grad_outputs=[-alpha * pv[k] for k in live],
                                           allow_unused=True)
         except RuntimeError as err:
             raise RuntimeError(f"{err}{_DOUBLE_BACKWARD_HINT}") from err
     grad = torch.zeros_like(eps) if grad is None else grad
-    stats = {"v_norm": norm_of(v.values()), "step_norm": norm_of(step.values()) * alpha}
+    stats = {"v_norm": norm_of(v.values()),
+             "step_norm": norm_of(precondition(step, precond).values()) * alpha}
     return MetaGradResult(grad.detach(), outer_loss, inner_loss, stats)
 
 
-def _finite_diff(loss_fn, params, frames_u, frames_r, alpha, fd_step, fd_scheme, shared, seed
-                 ) -> MetaGradResult:
+def _finite_diff(loss_fn, params, frames_u, frames_r, alpha, fd_step, fd_scheme, shared, seed,
+                 precond) -> MetaGradResult:
     forward = fd_scheme == "forward"
     if shared is None:
         shared = inner_gradient(loss_fn, params, frames_u, frames_grad=forward, seed=seed)
     elif forward and shared.frames is None:
         raise ValueError("fd_scheme='forward' needs shared_inner_grad.frames (∇_ε at Θ)")
     with torch.no_grad():
-        theta2 = sgd_step({k: p.detach() for k, p in params.items()}, shared.params, alpha)
+        theta2 = sgd_step({k: p.detach() for k, p in params.items()}, shared.params, alpha,
+                          precond)
     outer_loss, v = outer_pass(loss_fn, theta2, frames_r, seed)
+    stats = {"v_norm": norm_of(v.values()),
+             "step_norm": norm_of(precondition(shared.params, precond).values()) * alpha}
+    # The difference runs along P ⊙ v: −α ∂/∂ε ⟨g, P v⟩ is the meta-gradient of Θ − α P g.
+    v = precondition(v, precond)
     v_norm = norm_of(v.values())
-    stats = {"v_norm": v_norm, "step_norm": norm_of(shared.params.values()) * alpha}
     if v_norm.item() == 0.0:  # Θ'' is stationary on V^R: no direction to differentiate along
         grad = torch.zeros_like(frames_u)
         stats["xi"] = torch.zeros((), dtype=torch.float64)
@@ -168,15 +181,17 @@ def _finite_diff(loss_fn, params, frames_u, frames_r, alpha, fd_step, fd_scheme,
     return MetaGradResult(grad.detach(), outer_loss, shared.loss, stats)
 
 
-def _first_order(loss_fn, params, frames_u, frames_r, alpha, shared, seed) -> MetaGradResult:
+def _first_order(loss_fn, params, frames_u, frames_r, alpha, shared, seed, precond
+                 ) -> MetaGradResult:
     if shared is None:
         shared = inner_gradient(loss_fn, params, frames_u, frames_grad=False, seed=seed)
     with torch.no_grad():
-        theta2 = sgd_step({k: p.detach() for k, p in params.items()}, shared.params, alpha)
+        theta2 = sgd_step({k: p.detach() for k, p in params.items()}, shared.params, alpha,
+                          precond)
         with rng_scope(None if seed is None else seed + 1, frames_r.device):
             outer_loss = loss_fn(theta2, frames_r).detach()
     grad = frames_gradient(loss_fn, theta2, frames_u, seed)
-    stats = {"step_norm": norm_of(shared.params.values()) * alpha}
+    stats = {"step_norm": norm_of(precondition(shared.params, precond).values()) * alpha}
     return MetaGradResult(grad.detach(), outer_loss, shared.loss, stats)
 
 
@@ -192,8 +207,9 @@ def meta_gradient(
     fd_scheme: FDScheme = "central",
     shared_inner_grad: InnerGrad | None = None,
     seed: int | None = None,
+    precond: Preconditioner | None = None,
 ) -> MetaGradResult:
-    """∇_ε L_c(Θ''(ε); V^R) with Θ'' = Θ − α ∇_Θ L_c(Θ; ε) (Eqs. 10-11).
+    """∇_ε L_c(Θ''(ε); V^R) with Θ'' = Θ − α P ⊙ ∇_Θ L_c(Θ; ε) (Eqs. 10-11; P = 1: SGD).
 
     Args:
         loss_fn: the contrastive loss of the batch as a function of a parameter dict and a
@@ -216,6 +232,10 @@ def meta_gradient(
         seed: dropout seed; every pass on ``frames_u`` runs under ``rng_scope(seed)``, the
             pass on ``frames_r`` under ``rng_scope(seed + 1)``. ``None``: the global stream
             (fine for models without dropout or in eval mode).
+        precond: P, a per-element preconditioner of the inner step (name → tensor like
+            ``params``, constant in ε), e.g. :func:`adamw_preconditioner` so that Θ'' moves
+            like the model's next AdamW step; ``None``: the paper's plain SGD step. Names
+            missing from it step with P = 1. ``finite-diff`` then differences along P ⊙ v.
 
     Returns:
         :class:`MetaGradResult`; ``grad`` has the shape, dtype and device of ``frames_u``.
@@ -238,13 +258,14 @@ def meta_gradient(
     if problems:
         raise ValueError("meta_gradient: " + "; ".join(problems))
     if mode == "exact":
-        result = _exact(loss_fn, params, frames_u, frames_r, alpha, shared_inner_grad, seed)
+        result = _exact(loss_fn, params, frames_u, frames_r, alpha, shared_inner_grad, seed,
+                        precond)
     elif mode == "finite-diff":
         result = _finite_diff(loss_fn, params, frames_u, frames_r, alpha, fd_step, fd_scheme,
-                              shared_inner_grad, seed)
+                              shared_inner_grad, seed, precond)
     else:
         result = _first_order(loss_fn, params, frames_u, frames_r, alpha, shared_inner_grad,
-                              seed)
+                              seed, precond)
     result.stats["grad_norm"] = norm_of([result.grad])
     return result
 
@@ -259,6 +280,7 @@ def fd_step_cosines(
     *,
     fd_scheme: FDScheme = "central",
     seed: int | None = None,
+    precond: Preconditioner | None = None,
 ) -> dict[float, float]:
     """Cosine between the ``finite-diff`` meta-gradient at each step and the exact one.
 
@@ -268,19 +290,61 @@ def fd_step_cosines(
     once, on the first frame-level batch, to check (and if needed choose) ``fd_step``.
 
     Args:
-        loss_fn, params, frames_u, frames_r, alpha, fd_scheme, seed: as :func:`meta_gradient`.
+        loss_fn, params, frames_u, frames_r, alpha, fd_scheme, seed, precond: as
+            :func:`meta_gradient`.
         steps: the values of ‖ξv‖ to try.
 
     Returns:
         ``{step: cosine}``; the exact meta-gradient needs double backward (math attention).
     """
-    exact = meta_gradient(loss_fn, params, frames_u, frames_r, alpha, "exact", seed=seed).grad
+    exact = meta_gradient(loss_fn, params, frames_u, frames_r, alpha, "exact", seed=seed,
+                          precond=precond).grad
     out = {}
     for step in steps:
         fd = meta_gradient(loss_fn, params, frames_u, frames_r, alpha, "finite-diff",
-                           fd_step=step, fd_scheme=fd_scheme, seed=seed).grad
+                           fd_step=step, fd_scheme=fd_scheme, seed=seed,
+                           precond=precond).grad
         out[step] = torch.nn.functional.cosine_similarity(
             fd.flatten().double(), exact.flatten().double(), dim=0).item()
+    return out
+
+
+@torch.no_grad()
+def adamw_preconditioner(optimizer: torch.optim.Optimizer, named_params: dict[str, Tensor],
+                         ) -> Preconditioner:
+    """AdamW's current per-element preconditioner 1 / (sqrt(v_hat) + eps), bias-corrected.
+
+    With it the inner step Θ − α P ⊙ g moves Θ as the model's next AdamW step would (up to
+    the momentum and the weight decay), instead of a plain SGD step whose size depends on the
+    gradient's scale. Read only; the optimiser is not modified.
+
+    Args:
+        optimizer: a ``torch.optim.Adam`` or ``AdamW`` holding ``named_params``.
+        named_params: the parameters, name → the optimiser's parameter tensor itself.
+
+    Returns:
+        name → P of the parameter's shape and dtype; parameters without state yet (never
+        stepped) are left out, so they step with P = 1.
+
+    Raises:
+        ValueError: the optimiser's state lacks ``exp_avg_sq``/``step`` (not an Adam family).
+    """
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    out: Preconditioner = {}
+    for name, p in named_params.items():
+        state = optimizer.state.get(p)
+        if not state:
+            continue
+        if "exp_avg_sq" not in state or "step" not in state:
+            raise ValueError(f"optimiser state of {name!r} has no exp_avg_sq/step: the AdamW "
+                             f"inner step needs an Adam-family optimiser, got "
+                             f"{type(optimizer).__name__}")
+        group = group_of[id(p)]
+        _, beta2 = group["betas"]
+        count = float(state["step"])
+        bias2 = 1 - beta2**count
+        denom = (state["exp_avg_sq"] / bias2).sqrt_().add_(group["eps"])
+        out[name] = denom.reciprocal_()
     return out
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "norm_of",
     "outer_pass",
     "param_leaves",
+    "precondition",
     "rng_scope",
     "sgd_step",
 ]
@@ -89,10 +90,30 @@ def grads_or_zeros(loss: Tensor, inputs: list[Tensor], **kw) -> list[Tensor]:
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, out, strict=True)]
 
 
-def sgd_step(params: dict[str, Tensor], grads: dict[str, Tensor], alpha: float
-             ) -> dict[str, Tensor]:
-    """Θ − α g, out of place (differentiable when the gradients are)."""
-    return {name: p - alpha * grads[name] for name, p in params.items()}
+def sgd_step(params: dict[str, Tensor], grads: dict[str, Tensor], alpha: float,
+             precond: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Θ − α P ⊙ g, out of place (differentiable when the gradients are).
+
+    Args:
+        params: Θ, name → tensor.
+        grads: g, a dict like ``params``.
+        alpha: the step size α.
+        precond: P, a per-element preconditioner like ``params`` (e.g. AdamW's
+            1 / (sqrt(v_hat) + eps), :func:`adamw_preconditioner`); ``None``: plain SGD (P = 1).
+            Names missing from it step with P = 1.
+    """
+    if precond is None:
+        return {name: p - alpha * grads[name] for name, p in params.items()}
+    return {name: p - alpha * (grads[name] * precond[name] if name in precond else grads[name])
+            for name, p in params.items()}
+
+
+def precondition(vectors: dict[str, Tensor], precond: dict[str, Tensor] | None
+                 ) -> dict[str, Tensor]:
+    """P ⊙ v for each name of ``vectors`` (unchanged where ``precond`` is ``None`` or lacks it)."""
+    if precond is None:
+        return vectors
+    return {name: v * precond[name] if name in precond else v for name, v in vectors.items()}
 
 
 def inner_gradient(

@@ -37,6 +37,7 @@ from mof.attention_overlay import (
 from mof.export_render import (
     denormalize,
     index_html,
+    mix_strips,
     png_bytes,
     render_grid,
     write_pngs,
@@ -210,6 +211,12 @@ def _export_video(video_id: str, row: int, sample: dict[str, Any], state: FrameR
     rows = [("regular", f"regular (R={num_r})", shown["regular"]),
             ("uniform", f"uniform init (U={num_u})", shown["uniform"]),
             ("mof", f"MOF (U={num_u})", shown["mof"])]
+    weights = None
+    if state.mix_logits is not None:  # the strip under each MOF frame: its weight per anchor
+        logits = np.asarray(state.mix_logits[0], dtype=np.float64)
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        rows.append(("mix", f"mix over R={num_r}", mix_strips(weights)))
     captions = list(sample["meta"].get("captions") or [""])
     step = int(state.step[0])
     if ctx.model is not None:
@@ -240,6 +247,7 @@ def _export_video(video_id: str, row: int, sample: dict[str, Any], state: FrameR
             "frame_steps": step, "files": files,
             "grid_boxes": {key: b for (key, _, _), b in zip(rows, boxes, strict=True)},
             "grid_size": list(image.size),
+            "mix_weights": None if weights is None else np.round(weights, 4).tolist(),
             "mean_abs_change": float(moved.mean()), "max_abs_change": int(moved.max()),
             "clipped_fraction": float(((unit < 0) | (unit > 1)).mean())}
 
@@ -287,7 +295,8 @@ def export_frames(config: ExportConfig) -> dict[str, Any]:
     videos = []
     for video_id, row in tqdm(list(zip(wanted, rows.tolist(), strict=True)), unit="video",
                               desc="export frames", disable=not config.progress):
-        state = store.read([row], fields=("frames", "step"), allow_uninitialised=True)
+        fields = ("frames", "step") + (("mix_logits",) if store.frame_param == "mix" else ())
+        state = store.read([row], fields=fields, allow_uninitialised=True)
         if state.step[0] < 0:
             notes.append(f"{video_id}: row {row} not initialised yet, skipped")
             continue

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.index import atomic_write_bytes
 
-__all__ = ["denormalize", "index_html", "png_bytes", "render_grid", "write_pngs"]
+__all__ = ["denormalize", "index_html", "mix_strips", "png_bytes", "render_grid", "write_pngs"]
 
 _LABEL_W, _PAD, _LINE_H = 132, 4, 14
 
@@ -47,16 +47,34 @@ def write_pngs(folder: Path, frames: np.ndarray, prefix: str = "") -> list[str]:
     return paths
 
 
+def mix_strips(weights: np.ndarray, bar: int = 8, height: int = 16) -> np.ndarray:
+    """Bar strips of mixing weights: ``(T, R)`` in [0, 1] → uint8 ``(T, height, R*bar, 3)``.
+
+    Bar r of strip t rises ``weights[t, r] * height`` pixels from the bottom (dark on light
+    grey), so a frame drawn from one anchor shows one full bar at that anchor's position.
+    """
+    weights = np.clip(np.asarray(weights, dtype=np.float64), 0.0, 1.0)
+    count, regular = weights.shape
+    strips = np.full((count, height, regular * bar, 3), 230, dtype=np.uint8)
+    filled = np.rint(weights * height).astype(int)
+    for t in range(count):
+        for r in range(regular):
+            if filled[t, r]:
+                strips[t, height - filled[t, r]:, r * bar: (r + 1) * bar - 1] = (30, 60, 160)
+    return strips
+
+
 def render_grid(rows: list[tuple[str, np.ndarray]], caption: list[str], columns: int,
                 cell: int) -> tuple[Any, list[list[list[int]]]]:
     """Draw labelled rows of frames (Fig. 7) with a caption under them.
 
     Args:
         rows: ``(label, frames)`` with uint8 frames ``(T, H, W, 3)``; a row of more than
-            ``columns`` frames wraps onto further lines.
+            ``columns`` frames wraps onto further lines. Non-square tiles (the strips of
+            :func:`mix_strips`) are scaled to the cell's width, keeping their aspect.
         caption: text lines under the grid (shortened to fit).
         columns: frames per line.
-        cell: side of each frame on the grid in pixels (nearest-neighbour scaling).
+        cell: width of each frame on the grid in pixels (nearest-neighbour scaling).
 
     Returns:
         The PIL image and, per row, the ``[left, top, right, bottom]`` box of each frame.
@@ -66,23 +84,25 @@ def render_grid(rows: list[tuple[str, np.ndarray]], caption: list[str], columns:
     cols = min(columns, max(len(frames) for _, frames in rows))
     lines = [-(-len(frames) // columns) for _, frames in rows]
     step = cell + _PAD
+    heights = [max(1, round(cell * frames.shape[1] / frames.shape[2])) for _, frames in rows]
     width = _LABEL_W + cols * step + _PAD
-    height = sum(lines) * step + _PAD + len(caption) * _LINE_H + _PAD
+    height = (sum(n * (h + _PAD) for n, h in zip(lines, heights, strict=True)) + _PAD
+              + len(caption) * _LINE_H + _PAD)
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw, font = ImageDraw.Draw(image), ImageFont.load_default()
     boxes: list[list[list[int]]] = []
     top = _PAD
-    for (label, frames), count in zip(rows, lines, strict=True):
-        draw.text((_PAD, top + cell // 2 - 6), label, fill=(0, 0, 0), font=font)
+    for (label, frames), count, tall in zip(rows, lines, heights, strict=True):
+        draw.text((_PAD, top + tall // 2 - 6), label, fill=(0, 0, 0), font=font)
         boxes.append([])
         for i, frame in enumerate(frames):
-            left, y = _LABEL_W + (i % columns) * step, top + (i // columns) * step
+            left, y = _LABEL_W + (i % columns) * step, top + (i // columns) * (tall + _PAD)
             tile = Image.fromarray(frame)
-            if tile.size != (cell, cell):
-                tile = tile.resize((cell, cell), Image.Resampling.NEAREST)
+            if tile.size != (cell, tall):
+                tile = tile.resize((cell, tall), Image.Resampling.NEAREST)
             image.paste(tile, (left, y))
-            boxes[-1].append([left, y, left + cell, y + cell])
-        top += count * step
+            boxes[-1].append([left, y, left + cell, y + tall])
+        top += count * (tall + _PAD)
     for line in caption:
         while len(line) > 4 and draw.textlength(line, font=font) > width - 2 * _PAD:
             line = line[: len(line) - 4] + "..."

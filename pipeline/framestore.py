@@ -22,6 +22,8 @@ from pipeline.framestore_format import (
     EXPECTABLE,
     FIELDS,
     FRAME_STORE_FORMAT_VERSION,
+    MIX_FIELDS,
+    READABLE_FORMAT_VERSIONS,
     FrameRows,
     FrameStoreMismatchError,
     attribute_mismatches,
@@ -38,6 +40,7 @@ __all__ = [
     "EXPECTABLE",
     "FIELDS",
     "FRAME_STORE_FORMAT_VERSION",
+    "MIX_FIELDS",
     "FrameRows",
     "FrameStore",
     "FrameStoreMismatchError",
@@ -46,7 +49,7 @@ __all__ = [
     "sweep_partial_files",
 ]
 
-_STATE_ARRAYS = FIELDS[:3]  # the float arrays of a row
+_STATE_ARRAYS = FIELDS[:3]  # the float arrays of a row's frames
 
 
 def _as_rows(rows: Sequence[int] | np.ndarray, num_videos: int) -> np.ndarray:
@@ -75,9 +78,11 @@ class FrameStore:
         self._group = group
         self.path = path
         self.mode = mode
-        self._arrays = {name: group[name] for name in FIELDS}
+        #: The arrays of a row: :data:`FIELDS`, plus :data:`MIX_FIELDS` in a ``mix`` store.
+        self.fields = FIELDS + (MIX_FIELDS if "mix_logits" in group else ())
+        self._arrays = {name: group[name] for name in self.fields}
         #: Chunks read per array since the store was opened (one chunk = one video's row).
-        self.chunks_read = dict.fromkeys(FIELDS, 0)
+        self.chunks_read = dict.fromkeys(self.fields, 0)
         self._count_lock = threading.Lock()  # reads may run on several threads
         self._video_ids: list[str] | None = None
         self._row_map: dict[str, int] | None = None
@@ -130,10 +135,10 @@ class FrameStore:
         group = zarr.open_group(path, mode=mode)
         attrs = dict(group.attrs)
         version = attrs.get("format_version")
-        if version != FRAME_STORE_FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise FrameStoreMismatchError(
                 f"frame store {path} has format_version {version!r}; this version of mof reads "
-                f"{FRAME_STORE_FORMAT_VERSION}"
+                f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
             )
         store = cls(group, path, mode)
         if expect:
@@ -179,11 +184,17 @@ class FrameStore:
         return int(self._arrays["frames"].shape[-1])
 
     @property
+    def frame_param(self) -> str:
+        """``pixels`` or ``mix`` (the learnable frames' parametrisation)."""
+        return "mix" if "mix_logits" in self._arrays else "pixels"
+
+    @property
     def row_nbytes(self) -> int:
-        """Uncompressed bytes of one row (frames, both moments, step)."""
+        """Uncompressed bytes of one row (frames, both moments, step, mix arrays)."""
         a = self._arrays
+        mix = int(a["mix_logits"].shape[-1]) if "mix_logits" in a else 0
         return bytes_per_video(self.num_frames, self.frame_size, str(a["frames"].dtype),
-                               str(a["exp_avg"].dtype))
+                               str(a["exp_avg"].dtype), mix)
 
     @property
     def last_phase(self) -> int:
@@ -217,7 +228,7 @@ class FrameStore:
 
     # -- rows ---------------------------------------------------------------------------------
 
-    def read(self, rows: Sequence[int] | np.ndarray, *, fields: Sequence[str] = FIELDS,
+    def read(self, rows: Sequence[int] | np.ndarray, *, fields: Sequence[str] | None = None,
              allow_uninitialised: bool = False) -> FrameRows:
         """Read ``fields`` of ``rows`` (in the given order) as float32 / int64.
 
@@ -226,8 +237,8 @@ class FrameStore:
 
         Args:
             rows: store rows.
-            fields: the arrays to read (a subset of :data:`FIELDS`); the others are ``None``
-                in the result.
+            fields: the arrays to read (a subset of :attr:`fields`; ``None``: all of them);
+                the others are ``None`` in the result.
             allow_uninitialised: return never-initialised rows (zeros, step -1) instead of
                 raising.
 
@@ -236,7 +247,7 @@ class FrameStore:
             ValueError: a row was never initialised (unless ``allow_uninitialised``).
         """
         rows = _as_rows(rows, self.num_videos)
-        fields = check_fields(fields)
+        fields = check_fields(self.fields if fields is None else fields, self.fields)
         step = None
         if "step" in fields:
             # Row by row with basic indexing: several times faster than oindex in zarr 3.1.
@@ -252,10 +263,9 @@ class FrameStore:
             ids = [self.video_ids[i] for i in bad[:10]]
             raise ValueError(f"frame store {self.path}: rows {bad.tolist()[:10]} (videos {ids}) "
                              "were never initialised")
-        shape = (len(rows), *self._arrays["frames"].shape[1:])
         state = {}
         for name in (f for f in fields if f != "step"):
-            state[name] = np.empty(shape, dtype=np.float32)
+            state[name] = np.empty((len(rows), *self._arrays[name].shape[1:]), dtype=np.float32)
             for j, row in enumerate(rows):
                 state[name][j] = self._arrays[name][row]
         with self._count_lock:
@@ -267,16 +277,18 @@ class FrameStore:
         """Write the state of ``rows``, one chunk per array and row.
 
         Each chunk lands atomically (temporary file, then rename). The arrays of a row are
-        written in the order frames, exp_avg, exp_avg_sq, step, so a writer killed in between
-        leaves a row whose step count lags its frames by one update, never a torn chunk.
+        written in the order frames, exp_avg, exp_avg_sq, the mix arrays, step, so a writer
+        killed in between leaves a row whose step count lags its frames by one update, never
+        a torn chunk.
 
         Raises:
             ValueError: shapes that do not fit the store, non-finite frames (named by row), or
                 ``data`` without every field.
         """
         self._require_writable()
-        if data.fields != FIELDS:
-            raise ValueError(f"a write needs every field {FIELDS}, got only {data.fields}")
+        if data.fields != self.fields:
+            raise ValueError(f"a write needs every field of this {self.frame_param} store "
+                             f"{self.fields}, got only {data.fields}")
         rows = _as_rows(rows, self.num_videos)
         expected = (len(rows), *self._arrays["frames"].shape[1:])
         if data.frames.shape != expected:
@@ -284,7 +296,11 @@ class FrameStore:
                              f"store: expected {expected}")
         with np.errstate(over="ignore"):  # overflow to inf in float16 is reported below
             cast = {name: np.asarray(getattr(data, name), dtype=self._arrays[name].dtype)
-                    for name in _STATE_ARRAYS}
+                    for name in _STATE_ARRAYS + self.fields[len(FIELDS):]}
+        if "mix_logits" in cast and cast["mix_logits"].shape[1:] != self._arrays[
+                "mix_logits"].shape[1:]:
+            raise ValueError(f"mix arrays of shape {cast['mix_logits'].shape} do not fit rows "
+                             f"of this store: expected (n, *{self._arrays['mix_logits'].shape[1:]})")
         finite = np.isfinite(cast["frames"].reshape(len(rows), -1)).all(axis=1)
         if not finite.all():
             raise ValueError(f"non-finite frames (NaN/inf after casting to "
@@ -292,15 +308,32 @@ class FrameStore:
         step = np.asarray(data.step, dtype=np.int64)
         # Row by row with basic indexing: 2x faster than an oindex write in zarr 3.1.
         for j, row in enumerate(rows):
-            for name in _STATE_ARRAYS:
-                self._arrays[name][row] = cast[name][j]
+            for name, value in cast.items():
+                self._arrays[name][row] = value[j]
             self._arrays["step"][row] = step[j]
 
-    def init_rows(self, rows: Sequence[int] | np.ndarray, frames: np.ndarray) -> None:
-        """Initialise ``rows`` with ``frames`` (float32 ``(n, U, 3, H, W)``), zero Adam state."""
+    def init_rows(self, rows: Sequence[int] | np.ndarray, frames: np.ndarray,
+                  mix_logits: np.ndarray | None = None) -> None:
+        """Initialise ``rows`` with ``frames`` (float32 ``(n, U, 3, H, W)``), zero Adam state.
+
+        A ``mix`` store also needs ``mix_logits`` ``(n, U, R)`` (their Adam state starts at 0).
+
+        Raises:
+            ValueError: ``mix_logits`` missing for a ``mix`` store, or given for a ``pixels``
+                one.
+        """
+        if (mix_logits is None) != (self.frame_param == "pixels"):
+            raise ValueError(f"frame store {self.path} is a {self.frame_param} store: mix_logits "
+                             f"{'required' if mix_logits is None else 'not accepted'}")
         frames = np.asarray(frames, dtype=np.float32)
         zeros = np.zeros_like(frames)
-        self.write(rows, FrameRows(frames, zeros, zeros, np.zeros(len(frames), np.int64)))
+        mix = {}
+        if mix_logits is not None:
+            logits = np.asarray(mix_logits, dtype=np.float32)
+            mix = {"mix_logits": logits, "mix_exp_avg": np.zeros_like(logits),
+                   "mix_exp_avg_sq": np.zeros_like(logits)}
+        self.write(rows, FrameRows(frames, zeros, zeros, np.zeros(len(frames), np.int64),
+                                   **mix))
 
     def missing_rows(self) -> np.ndarray:
         """int64 rows never initialised, sorted.

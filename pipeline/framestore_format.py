@@ -13,6 +13,14 @@ One store per training run (``runs/<name>/mof.zarr``), a Zarr v3 group on the lo
                                                       initialised
     video_ids   (N,)             string               the video id of each row
 
+A ``mix`` store (``frame_param`` attribute; each learnable frame a softmax mix of the video's R
+fixed regular frames plus a pixel residual, see ``docs/variants.md``) adds, with ``frames``
+still holding the frame the model sees::
+
+    mix_logits      (N, U, R)    float32              mixing logits of each learnable frame
+    mix_exp_avg     (N, U, R)    float32              their Adam first moment
+    mix_exp_avg_sq  (N, U, R)    float32              their Adam second moment
+
 Every array is chunked one video per chunk and never sharded: a sharded write rewrites the whole
 shard, multiplying the write volume and losing updates when two processes write rows of one
 shard. Zarr's local store writes each chunk to a temporary name and renames it, so a killed
@@ -20,7 +28,7 @@ writer never leaves a torn chunk (only an orphan ``*.partial`` file, swept at th
 ``open(..., "r+")``), and processes writing disjoint rows never lose each other's updates.
 
 The group's attributes record what the store was built for (``U``, ``R``, ``H``, ``W``,
-``mean``, ``std``, ``dataset``, ``shards``, ``dtype``), the ``format_version``, the
+``mean``, ``std``, ``dataset``, ``shards``, ``dtype``, ``frame_param``), the ``format_version``, the
 ``last_phase`` completed and the ``initialised_rows`` count. See ``docs/framestore.md``.
 """
 
@@ -43,6 +51,8 @@ __all__ = [
     "EXPECTABLE",
     "FIELDS",
     "FRAME_STORE_FORMAT_VERSION",
+    "MIX_FIELDS",
+    "READABLE_FORMAT_VERSIONS",
     "FrameRows",
     "FrameStoreMismatchError",
     "attribute_mismatches",
@@ -52,15 +62,23 @@ __all__ = [
     "sweep_partial_files",
 ]
 
-# Bump when an array, its dtype or an attribute changes meaning.
-FRAME_STORE_FORMAT_VERSION = 1
+# Bump when an array, its dtype or an attribute changes meaning. 2: the ``frame_param``
+# attribute and the ``mix_*`` arrays of a ``mix`` store.
+FRAME_STORE_FORMAT_VERSION = 2
+#: Versions :meth:`FrameStore.open` reads: a version-1 store is a ``pixels`` store.
+READABLE_FORMAT_VERSIONS = (1, 2)
 
-#: What a row holds; ``FrameStore.read(rows, fields=...)`` reads a subset.
+#: What a row of a ``pixels`` store holds; ``FrameStore.read(rows, fields=...)`` reads a subset.
 FIELDS = ("frames", "exp_avg", "exp_avg_sq", "step")
+#: The arrays a ``mix`` store adds, each ``(N, U, R)``.
+MIX_FIELDS = ("mix_logits", "mix_exp_avg", "mix_exp_avg_sq")
+_ALL_FIELDS = FIELDS + MIX_FIELDS
+_FRAME_PARAMS = ("pixels", "mix")
 _DTYPES = ("float16", "float32")
 _COMPRESSIONS = ("blosc-lz4", "blosc-zstd")
 #: Attributes a run may pin with ``FrameStore.open(..., expect=...)``.
-EXPECTABLE = ("U", "R", "H", "W", "mean", "std", "dataset", "shards", "dtype", "num_videos")
+EXPECTABLE = ("U", "R", "H", "W", "mean", "std", "dataset", "shards", "dtype", "num_videos",
+              "frame_param")
 
 
 class FrameStoreMismatchError(ValueError):
@@ -80,12 +98,17 @@ class FrameRows:
         exp_avg_sq: float32 ``(n, U, 3, H, W)`` Adam second moment, or ``None`` (not read).
         step: int64 ``(n,)`` Adam steps taken by each video (-1: never initialised), or
             ``None`` (not read).
+        mix_logits, mix_exp_avg, mix_exp_avg_sq: float32 ``(n, U, R)``, a ``mix`` store's
+            mixing logits and their Adam moments, or ``None`` (a ``pixels`` store; not read).
     """
 
     frames: np.ndarray
     exp_avg: np.ndarray | None = None
     exp_avg_sq: np.ndarray | None = None
     step: np.ndarray | None = None
+    mix_logits: np.ndarray | None = None
+    mix_exp_avg: np.ndarray | None = None
+    mix_exp_avg_sq: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         shape = np.shape(self.frames)
@@ -98,6 +121,10 @@ class FrameRows:
             problems.append(f"frames must be (n, U, 3, H, W), got shape {shape}")
         elif self.step is not None and np.shape(self.step) != shape[:1]:
             problems.append(f"step has shape {np.shape(self.step)}, expected {shape[:1]}")
+        mix = [np.shape(getattr(self, n)) for n in MIX_FIELDS if getattr(self, n) is not None]
+        if mix and (len(set(mix)) > 1 or len(mix[0]) != 3 or mix[0][:2] != shape[:2]):
+            problems.append(f"mix arrays have shapes {mix}, expected (n, U, R) with (n, U) = "
+                            f"{shape[:2]}")
         if problems:
             raise ValueError("invalid FrameRows: " + "; ".join(problems))
 
@@ -106,8 +133,8 @@ class FrameRows:
 
     @property
     def fields(self) -> tuple[str, ...]:
-        """The fields this object holds (in :data:`FIELDS` order)."""
-        return tuple(name for name in FIELDS if getattr(self, name) is not None)
+        """The fields this object holds (in :data:`FIELDS` + :data:`MIX_FIELDS` order)."""
+        return tuple(name for name in _ALL_FIELDS if getattr(self, name) is not None)
 
     def take(self, index: Sequence[int] | np.ndarray) -> FrameRows:
         """The rows at positions ``index`` of this batch (positions, not store rows)."""
@@ -115,33 +142,47 @@ class FrameRows:
         return FrameRows(**{name: getattr(self, name)[index] for name in self.fields})
 
 
-def check_fields(fields: Sequence[str]) -> tuple[str, ...]:
-    """Validate a ``fields=`` selection; returns it in :data:`FIELDS` order.
+def check_fields(fields: Sequence[str], available: Sequence[str] = _ALL_FIELDS
+                 ) -> tuple[str, ...]:
+    """Validate a ``fields=`` selection; returns it in :data:`FIELDS` + :data:`MIX_FIELDS` order.
+
+    Args:
+        fields: the selection.
+        available: the fields of the store it is for (a ``pixels`` store has no mix fields).
 
     Raises:
-        ValueError: not a subset of :data:`FIELDS` that holds ``frames`` (every
+        ValueError: not a subset of ``available`` that holds ``frames`` (every
             :class:`FrameRows` has its frames).
     """
-    if isinstance(fields, str) or "frames" not in fields or set(fields) - set(FIELDS):
-        raise ValueError(f"fields must be a subset of {FIELDS} with 'frames', got {fields!r}")
-    return tuple(name for name in FIELDS if name in fields)
+    if isinstance(fields, str) or "frames" not in fields or set(fields) - set(available):
+        raise ValueError(f"fields must be a subset of {tuple(available)} with 'frames', got "
+                         f"{fields!r}")
+    return tuple(name for name in _ALL_FIELDS if name in fields)
 
 
 def bytes_per_video(
-    num_frames: int, frame_size: int, dtype: str = "float16", exp_avg_dtype: str = "float32"
+    num_frames: int, frame_size: int, dtype: str = "float16", exp_avg_dtype: str = "float32",
+    mix_regular_frames: int = 0,
 ) -> int:
-    """Uncompressed bytes one video occupies in the store (frames, both moments, step)."""
+    """Uncompressed bytes one video occupies in the store (frames, both moments, step).
+
+    ``mix_regular_frames``: R of a ``mix`` store, whose three float32 ``(U, R)`` arrays add
+    ``12 U R`` bytes; 0 for a ``pixels`` store.
+    """
     pixels = num_frames * 3 * frame_size * frame_size
     itemsize = np.dtype(dtype).itemsize + np.dtype(exp_avg_dtype).itemsize + 4
-    return pixels * itemsize + np.dtype(np.int64).itemsize
+    mix = len(MIX_FIELDS) * 4 * num_frames * mix_regular_frames
+    return pixels * itemsize + np.dtype(np.int64).itemsize + mix
 
 
 def _check_create_args(
     video_ids: Sequence[str], num_frames: int, frame_size: int, regular_frames: int,
     mean: Sequence[float], std: Sequence[float], dataset: str, dtype: str, exp_avg_dtype: str,
-    compression: str | None,
+    compression: str | None, frame_param: str,
 ) -> None:
     problems = []
+    if frame_param not in _FRAME_PARAMS:
+        problems.append(f"frame_param must be one of {_FRAME_PARAMS}, got {frame_param!r}")
     if len(video_ids) == 0:
         problems.append("video_ids is empty")
     elif len(set(video_ids)) != len(video_ids):
@@ -189,6 +230,7 @@ def create_store(
     exp_avg_dtype: Literal["float16", "float32"] = "float32",
     compression: str | None = None,
     overwrite: bool = False,
+    frame_param: Literal["pixels", "mix"] = "pixels",
 ) -> Path:
     """Create an empty store on disk (every row uninitialised); returns its path.
 
@@ -208,6 +250,8 @@ def create_store(
         compression: ``None`` (default: the store is rewritten every phase and Blosc saves
             little on float frames), ``"blosc-lz4"`` or ``"blosc-zstd"``.
         overwrite: replace an existing store at ``path``.
+        frame_param: ``pixels``, or ``mix`` to add the :data:`MIX_FIELDS` arrays
+            ``(N, U, R)`` (the mixing logits over R regular frames and their Adam moments).
 
     Raises:
         ValueError: invalid arguments (all problems listed).
@@ -215,7 +259,7 @@ def create_store(
     """
     video_ids = [str(v) for v in video_ids]
     _check_create_args(video_ids, num_frames, frame_size, regular_frames, mean, std,
-                       dataset, dtype, exp_avg_dtype, compression)
+                       dataset, dtype, exp_avg_dtype, compression, frame_param)
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"frame store {path} exists (pass overwrite=True to replace)")
@@ -226,6 +270,12 @@ def create_store(
     for name, dt in (("frames", dtype), ("exp_avg", exp_avg_dtype), ("exp_avg_sq", "float32")):
         group.create_array(name, shape=shape, chunks=(1, *shape[1:]), dtype=dt,
                            fill_value=0.0, compressors=_compressors(compression))
+    if frame_param == "mix":
+        mix_shape = (len(video_ids), num_frames, regular_frames)
+        for name in MIX_FIELDS:
+            group.create_array(name, shape=mix_shape, chunks=(1, *mix_shape[1:]),
+                               dtype="float32", fill_value=0.0,
+                               compressors=_compressors(compression))
     group.create_array("step", shape=shape[:1], chunks=(1,), dtype="int64", fill_value=-1)
     ids = group.create_array("video_ids", shape=shape[:1], chunks=shape[:1], dtype=str)
     ids[:] = np.asarray(video_ids)
@@ -237,6 +287,7 @@ def create_store(
         "dataset": str(dataset), "shards": [str(s) for s in shards],
         "dtype": dtype, "exp_avg_dtype": exp_avg_dtype, "compression": compression,
         "num_videos": len(video_ids), "last_phase": -1, "initialised_rows": 0,
+        "frame_param": frame_param,
     })
     if path.exists():
         shutil.rmtree(path)
@@ -257,7 +308,8 @@ def attribute_mismatches(attrs: dict[str, Any], expect: dict[str, Any]) -> list[
         raise ValueError(f"cannot expect {unknown}; expectable attributes: {EXPECTABLE}")
     problems = []
     for key, want in expect.items():
-        have = attrs.get(key)
+        # A version-1 store predates frame_param: it is a pixels store.
+        have = attrs.get(key, "pixels" if key == "frame_param" else None)
         if key in ("mean", "std"):
             same = have is not None and np.allclose(have, want, rtol=1e-6, atol=0)
         elif key == "shards":

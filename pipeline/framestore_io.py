@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.framestore import FIELDS, FrameRows, FrameStore, check_fields
+from pipeline.framestore import FrameRows, FrameStore, check_fields
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are never evaluated here
     from typing import Self
@@ -93,12 +93,13 @@ class AsyncFrameIO:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def prefetch(self, rows, fields: Sequence[str] = FIELDS) -> PendingRead:
-        """Start reading ``fields`` of ``rows`` in the background (after pending writes of
-        them); a phase with no frame-level step needs only ``("frames",)``."""
+    def prefetch(self, rows, fields: Sequence[str] | None = None) -> PendingRead:
+        """Start reading ``fields`` (``None``: all of the store's) of ``rows`` in the
+        background, after pending writes of them; a phase with no frame-level step needs only
+        ``("frames",)``."""
         self._raise_background_error()
         rows = np.asarray(rows, dtype=np.int64)
-        fields = check_fields(fields)
+        fields = check_fields(self.store.fields if fields is None else fields, self.store.fields)
         with self._lock:
             seq = self._seq
             deps = [self._last_write[r][1] for r in rows.tolist() if r in self._last_write]
@@ -120,7 +121,7 @@ class AsyncFrameIO:
                 getattr(data, name)[index] = getattr(fresh, name)
         return data
 
-    def read(self, rows, fields: Sequence[str] = FIELDS) -> FrameRows:
+    def read(self, rows, fields: Sequence[str] | None = None) -> FrameRows:
         """Read ``fields`` of ``rows`` now (after their pending writes)."""
         return self.get(self.prefetch(rows, fields))
 
@@ -137,10 +138,11 @@ class AsyncFrameIO:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) != len(data):
             raise ValueError(f"{len(rows)} rows but {len(data)} rows of data")
-        if data.fields != FIELDS:
-            raise ValueError(f"a write needs every field {FIELDS}, got only {data.fields}")
+        if data.fields != self.store.fields:
+            raise ValueError(f"a write needs every field of the store {self.store.fields}, "
+                             f"got only {data.fields}")
         if self.copy:
-            data = FrameRows(*(np.array(getattr(data, name)) for name in FIELDS))
+            data = FrameRows(**{name: np.array(getattr(data, name)) for name in data.fields})
         while len(self._pending) >= self.max_pending_writes:
             wait([self._pending[0][1]])
             self._raise_background_error()

@@ -48,6 +48,17 @@ _OPTIONS = [
          help="phase: Algorithm 1, a frame step after each model step; epoch: the authors' "
               "per-epoch frame pass with the model fixed."),
     _opt("--frame-step-every", type=int, help="phase schedule: frame step on every k-th batch."),
+    _opt("--frame-steps", type=int,
+         help="Frame steps per frame batch, on the same batch with the model fixed."),
+    _opt("--inner-step", type=click.Choice(["sgd", "adamw"]),
+         help="Temporary step of the frame step: sgd (the paper) or adamw (preconditioned by "
+              "the model optimiser's second moment, like the model's next update)."),
+    _opt("--frame-param", type=click.Choice(["pixels", "mix"]),
+         help="pixels: Adam on every frame element (the paper); mix: each frame a softmax mix "
+              "of the video's R regular frames plus a pixel residual."),
+    _opt("--mix-lr", type=float, help="mix: Adam learning rate of the mixing logits."),
+    _opt("--mix-init-logit", type=float,
+         help="mix: initial logit of the regular frame nearest each uniform position."),
     _opt("--epochs", type=int, help="Passes over the training shards."),
     _opt("--eval-every", type=int, help="Evaluate every this many epochs (and after the last)."),
     _opt("--metric", help="metrics key that selects checkpoints/best, e.g. t2v/R@1, v2t/MedR."),

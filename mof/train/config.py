@@ -36,6 +36,8 @@ _META_GRAD = ("exact", "finite-diff", "first-order")
 _FD_SCHEMES = ("central", "forward")
 _SCHEDULES = ("phase", "epoch")
 _FRAME_GRAD_SCALES = ("alpha", "raw")
+_INNER_STEPS = ("sgd", "adamw")
+_FRAME_PARAMS = ("pixels", "mix")
 _AUGMENT = ("none", "crop", "crop-flip")
 _DEVICES = ("auto", "cpu", "cuda")
 _STORE_DTYPES = ("float32", "float16")
@@ -88,6 +90,20 @@ class TrainConfig:
         frame_schedule: ``phase`` (Algorithm 1: a frame-level step after every model-level
             step) or ``epoch`` (a second pass per epoch with Θ fixed, inner α = 1).
         frame_step_every: with ``phase``, the frame-level step runs on every k-th batch only.
+        frame_steps: frame-level steps per frame-level batch, each on the same batch (captions,
+            crops, regular frames) with Θ fixed, each starting from the frames the previous
+            one wrote (``docs/variants.md``).
+        inner_step: the temporary step Θ'': ``sgd`` (the paper: Θ − α ∇_Θ L) or ``adamw``
+            (Θ − α P ⊙ ∇_Θ L with P the model optimiser's bias-corrected 1 / (sqrt(v_hat) +
+            eps), so Θ'' moves like the model's next update; α is then ``inner_lr`` or ``lr``
+            under both schedules).
+        frame_param: what the frames' Adam steps: ``pixels`` (the paper: each element of ε)
+            or ``mix`` (each learnable frame is a per-video softmax mix of R fixed regular
+            frames plus a pixel residual; the mixing logits step with ``mix_lr``). Like every
+            frame-level setting, ignored by a baseline run.
+        mix_lr: ``mix``: Adam learning rate of the mixing logits.
+        mix_init_logit: ``mix``: initial logit of the regular frame nearest each learnable
+            frame's uniform position (the others start at 0).
         epochs: passes over the training shards.
         eval_every: evaluate on ``test`` every this many epochs (and after the last).
         metric: the metrics.json key that selects ``checkpoints/best`` (higher is better unless
@@ -143,6 +159,11 @@ class TrainConfig:
     fd_scheme: str = "central"
     frame_schedule: str = "phase"
     frame_step_every: int = 1
+    frame_steps: int = 1
+    inner_step: str = "sgd"
+    frame_param: str = "pixels"
+    mix_lr: float = 0.5
+    mix_init_logit: float = 4.0
     epochs: int = 10
     eval_every: int = 1
     metric: str = "t2v/R@1"
@@ -195,12 +216,14 @@ class TrainConfig:
         for name, allowed in (("meta_grad", _META_GRAD), ("fd_scheme", _FD_SCHEMES),
                               ("frame_schedule", _SCHEDULES),
                               ("frame_grad_scale", _FRAME_GRAD_SCALES),
+                              ("inner_step", _INNER_STEPS), ("frame_param", _FRAME_PARAMS),
                               ("augment", _AUGMENT), ("device", _DEVICES),
                               ("store_dtype", _STORE_DTYPES), ("lr_schedule", _LR_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 p.append(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                          f"got {getattr(self, name)!r}")
-        for name in ("epochs", "eval_every", "frame_step_every", "batch_size", "frame_lr_step",
+        for name in ("epochs", "eval_every", "frame_step_every", "frame_steps", "batch_size",
+                     "frame_lr_step",
                      "log_every", "eval_batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 p.append(f"--{name.replace('_', '-')} must be a positive integer, "
@@ -212,9 +235,11 @@ class TrainConfig:
             p.append("--batch-size must be >= 2 (a contrastive batch needs negatives)")
         if self.max_steps is not None and self.max_steps < 1:
             p.append(f"--max-steps must be >= 1, got {self.max_steps}")
-        for name in ("lr", "frame_lr", "fd_step"):
+        for name in ("lr", "frame_lr", "fd_step", "mix_lr"):
             if not getattr(self, name) > 0:
                 p.append(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not (0 <= self.mix_init_logit < 50):  # beyond, the softmax's gradient underflows
+            p.append(f"--mix-init-logit must be in [0, 50), got {self.mix_init_logit}")
         if self.inner_lr is not None and not self.inner_lr > 0:
             p.append(f"--inner-lr must be > 0, got {self.inner_lr}")
         if self.weight_decay < 0:
@@ -251,8 +276,8 @@ class TrainConfig:
 
     @property
     def alpha(self) -> float:
-        """The inner SGD learning rate: ``inner_lr`` or ``lr`` (phase), 1 (epoch schedule)."""
-        if self.frame_schedule == "epoch":
+        """The inner step's α: ``inner_lr`` or ``lr``; 1 for the ``epoch`` schedule's SGD step."""
+        if self.frame_schedule == "epoch" and self.inner_step == "sgd":
             return 1.0
         return self.lr if self.inner_lr is None else self.inner_lr
 

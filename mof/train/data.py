@@ -26,6 +26,7 @@ __all__ = [
     "PhaseDraw",
     "RawBatch",
     "TrainStream",
+    "anchor_positions",
     "draw_and_crop",
     "draw_phase",
     "phase_seed",
@@ -142,6 +143,9 @@ class PhaseDraw:
         augment: the batch's crops, or ``None``.
         torch_seed: seed of torch's generator for the passes of this phase (dropout).
         regular_augmented: ``frames_regular`` already carries the crops (:func:`draw_and_crop`).
+        frames_anchor: float ``(B, R, 3, H, W)`` the fixed anchor frames of the ``mix``
+            parametrisation (the R segment midpoints of the stored frames, uncropped), or
+            ``None``.
     """
 
     text: dict[str, torch.Tensor]
@@ -150,11 +154,13 @@ class PhaseDraw:
     augment: VideoAugment | None
     torch_seed: int
     regular_augmented: bool = False
+    frames_anchor: torch.Tensor | None = None
 
 
 def draw_phase(batch: RawBatch, model: RetrievalModel, *, seed: int, num_frames: int,
                regular_frames: int | None, augment: str, crop_scale: float,
-               device: torch.device, need_uniform: bool = True) -> PhaseDraw:
+               device: torch.device, need_uniform: bool = True,
+               anchor_frames: int | None = None) -> PhaseDraw:
     """Draw one caption per video, the regular frames and the crops of a phase.
 
     Args:
@@ -165,6 +171,8 @@ def draw_phase(batch: RawBatch, model: RetrievalModel, *, seed: int, num_frames:
         augment, crop_scale: see :class:`~mof.train.config.TrainConfig`.
         device: where the tensors go.
         need_uniform: build ``frames_uniform`` (not needed once the store holds the frames).
+        anchor_frames: R to build ``frames_anchor`` (``mix``), else ``None``. No random draw:
+            the draws of a phase are the same with and without it.
     """
     rng = np.random.default_rng(seed)
     captions = [c[int(rng.integers(len(c)))] for c in batch.captions]
@@ -182,8 +190,21 @@ def draw_phase(batch: RawBatch, model: RetrievalModel, *, seed: int, num_frames:
         frames = torch.stack([batch.frames[i, picks[i]] for i in range(len(batch.keys))])
         regular = to_model_input(frames, contract, device=device)
     aug = draw_augment(rng, len(batch.keys), augment, crop_scale)
+    anchors = None
+    if anchor_frames is not None:
+        anchors = to_model_input(batch.frames, contract, anchor_positions(stored, anchor_frames),
+                                 device=device)
     return PhaseDraw(text=text, frames_uniform=uniform, frames_regular=regular, augment=aug,
-                     torch_seed=int(rng.integers(2**62)))
+                     torch_seed=int(rng.integers(2**62)), frames_anchor=anchors)
+
+
+def anchor_positions(stored: int, regular: int) -> list[int]:
+    """The ``mix`` anchors: R positions at the segment midpoints of the ``stored`` frames.
+
+    Fixed per video (unlike the regular frames V^R, drawn anew each phase), so a mixing logit
+    names the same frame in every phase.
+    """
+    return uniform_subset(stored, regular)
 
 
 def draw_and_crop(batch: RawBatch, model: RetrievalModel, **kwargs) -> PhaseDraw:

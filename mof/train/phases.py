@@ -28,12 +28,14 @@ from torch import nn
 
 from mof.bilevel import (
     InnerGrad,
+    Preconditioner,
     fd_step_cosines,
     frame_adam_step,
     make_loss_fn,
     meta_gradient,
     rng_scope,
 )
+from mof.frame_mix import mix_frames, mix_residual, mix_vjp
 from mof.loss import contrastive_loss
 from mof.models.base import RetrievalModel
 from mof.train.augment import VideoAugment, apply_augment
@@ -160,15 +162,48 @@ class FrameState:
     """The learnable frames of a batch with their Adam state (one row per video).
 
     Attributes:
-        frames: float32 ``(B, U, 3, H, W)`` ε_B in normalised model-input space.
+        frames: float32 ``(B, U, 3, H, W)`` ε_B in normalised model-input space (with ``mix``:
+            the composed frames f = softmax(z) · a + ρ the model sees).
         exp_avg: ``(B, U, 3, H, W)`` first moment. ``exp_avg_sq``: second moment (float32).
+            With ``mix``: the residual ρ's.
         step: int64 ``(B,)`` Adam steps taken per video.
+        mix_logits: float32 ``(B, U, R)`` mixing logits z (``mix``), else ``None``.
+        mix_exp_avg, mix_exp_avg_sq: their Adam moments ``(B, U, R)``, or ``None``.
     """
 
     frames: torch.Tensor
     exp_avg: torch.Tensor
     exp_avg_sq: torch.Tensor
     step: torch.Tensor
+    mix_logits: torch.Tensor | None = None
+    mix_exp_avg: torch.Tensor | None = None
+    mix_exp_avg_sq: torch.Tensor | None = None
+
+
+def _frames_adam(state: FrameState, grad: torch.Tensor, anchors: torch.Tensor | None, *,
+                 lr: float, mix_lr: float, betas: tuple[float, float]) -> FrameState:
+    """Adam on ε (``pixels``) or on (z, ρ) through :func:`~mof.frame_mix.mix_vjp` (``mix``).
+
+    ``grad`` is the (scaled) gradient with respect to the frames the model sees, ``(B, U, 3,
+    H, W)``; ``anchors`` ``(B, R, 3, H, W)`` the fixed frames of the mix.
+    """
+    if state.mix_logits is None:
+        return FrameState(*frame_adam_step(state.frames.detach(), grad, state.exp_avg,
+                                           state.exp_avg_sq, state.step, lr=lr, betas=betas,
+                                           eps=1e-8))
+    if anchors is None:
+        raise ValueError("a mix frame state needs its anchor frames (B, R, 3, H, W)")
+    residual = mix_residual(state.frames.detach(), state.mix_logits, anchors)
+    grad_logits, grad_residual = mix_vjp(state.mix_logits, anchors, grad)
+    residual, exp_avg, exp_avg_sq, step = frame_adam_step(
+        residual, grad_residual, state.exp_avg, state.exp_avg_sq, state.step, lr=lr,
+        betas=betas, eps=1e-8)
+    # One frame step updates both parts, so they share the video's step count.
+    logits, mix_avg, mix_avg_sq, _ = frame_adam_step(
+        state.mix_logits, grad_logits, state.mix_exp_avg, state.mix_exp_avg_sq, state.step,
+        lr=mix_lr, betas=betas, eps=1e-8)
+    return FrameState(mix_frames(logits, residual, anchors), exp_avg, exp_avg_sq, step,
+                      logits, mix_avg, mix_avg_sq)
 
 
 def _frame_inputs(model, state, regular, text, augment, regular_augmented, use_amp):
@@ -208,6 +243,9 @@ def frame_level_update(
     seed: int,
     amp: bool,
     grad_scale: str = "alpha",
+    precond: Preconditioner | None = None,
+    anchors: torch.Tensor | None = None,
+    mix_lr: float = 0.0,
 ) -> tuple[FrameState, dict[str, float]]:
     """The frame-level step (Eqs. 10-11) from the current Θ; Θ itself is left untouched.
 
@@ -232,6 +270,12 @@ def frame_level_update(
             dividing the gradient by α is Adam with ε·α); ``raw`` steps on the meta-gradient
             itself, which falls below ε at small α and freezes the frames
             (``docs/bilevel.md``, "Frames that move at any α").
+        precond: P of the inner step Θ'' = Θ − α P ⊙ ∇_Θ L (e.g. the model optimiser's
+            :func:`~mof.bilevel.adamw_preconditioner`); ``None``: the paper's SGD step.
+        anchors: ``mix`` states only: the video's R fixed anchor frames ``(B, R, 3, H, W)``,
+            uncropped; the meta-gradient with respect to the frames is pulled back to the
+            logits and the residual (:func:`~mof.frame_mix.mix_vjp`).
+        mix_lr: ``mix``: Adam learning rate of the logits.
 
     Returns:
         The updated :class:`FrameState` and statistics (losses, the meta-gradient's norm).
@@ -247,20 +291,18 @@ def frame_level_update(
         model, state, regular, text, augment, regular_augmented, amp and mode == "exact")
     result = meta_gradient(loss_fn, params, frames_u.detach(), frames_r, alpha, mode=mode,
                            fd_step=fd_step, fd_scheme=fd_scheme, seed=seed,
-                           shared_inner_grad=None if shared is None else shared.inner)
+                           shared_inner_grad=None if shared is None else shared.inner,
+                           precond=precond)
     grad = result.grad
     if augment is not None:  # pull the gradient back through the crop to ε itself
         (grad,) = torch.autograd.grad(frames_u, eps, grad)
     adam_grad = grad.detach().float()
     if grad_scale == "alpha" and mode != "first-order":  # the surrogate does not scale with α
         adam_grad = adam_grad / alpha
-    frames, exp_avg, exp_avg_sq, step = frame_adam_step(
-        state.frames.detach(), adam_grad, state.exp_avg, state.exp_avg_sq,
-        state.step, lr=lr, betas=betas, eps=1e-8,
-    )
+    new = _frames_adam(state, adam_grad, anchors, lr=lr, mix_lr=mix_lr, betas=betas)
     stats = {"outer_loss": float(result.outer_loss), "inner_loss": float(result.inner_loss),
              "meta_grad_norm": float(grad.norm())}
-    return FrameState(frames, exp_avg, exp_avg_sq, step), stats
+    return new, stats
 
 
 #: A finite-difference step is accepted when its meta-gradient has at least this cosine with
@@ -297,13 +339,15 @@ def check_fd_step(
     fd_scheme: str,
     seed: int,
     regular_augmented: bool = False,
+    precond: Preconditioner | None = None,
 ) -> FDStepCheck:
     """Check ``fd_step`` against the exact meta-gradient on one batch; choose another if needed.
 
     The model must run its math attention path (double backward). Θ is never modified.
 
     Args:
-        model, state, regular, text, augment, regular_augmented: as :func:`frame_level_update`.
+        model, state, regular, text, augment, regular_augmented, precond: as
+            :func:`frame_level_update`.
         alpha: the inner step α.
         fd_step: the configured ‖ξv‖.
         fd_scheme: ``central`` or ``forward``.
@@ -319,12 +363,12 @@ def check_fd_step(
                                                    regular_augmented, False)
     frames_u = frames_u.detach()
     cosines = fd_step_cosines(loss_fn, params, frames_u, frames_r, alpha, [fd_step],
-                              fd_scheme=fd_scheme, seed=seed)
+                              fd_scheme=fd_scheme, seed=seed, precond=precond)
     if cosines[fd_step] >= FD_MIN_COSINE:
         return FDStepCheck(cosines, fd_step, None)
     others = [s for s in FD_STEP_LADDER if s != fd_step]
     cosines.update(fd_step_cosines(loss_fn, params, frames_u, frames_r, alpha, others,
-                                   fd_scheme=fd_scheme, seed=seed))
+                                   fd_scheme=fd_scheme, seed=seed, precond=precond))
     chosen = max(cosines, key=cosines.get)
     listed = ", ".join(f"{s:g}: {c:.4f}" for s, c in sorted(cosines.items(), reverse=True))
     message = (f"--fd-step {fd_step:g}: the finite-difference meta-gradient has cosine "

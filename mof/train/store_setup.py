@@ -20,8 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from mof.frame_mix import initial_mix_logits, mix_frames
 from mof.frames import to_model_input
 from mof.models.base import InputContract
+from mof.train.data import anchor_positions
 from mof.train.distributed import DistInfo, all_gather_objects, barrier
 from pipeline.framestore import FrameStore
 from pipeline.reader import ShardDataset
@@ -107,7 +109,7 @@ def scan_train_shards(shards: list[str], dist: DistInfo, workers: int,
 
 def open_frame_store(path: Path, index: TrainIndex, contract: InputContract, *, num_frames: int,
                      regular_frames: int, shards: list[str], dtype: str,
-                     dist: DistInfo) -> FrameStore:
+                     dist: DistInfo, frame_param: str = "pixels") -> FrameStore:
     """Open the run's store, creating it on rank 0 if absent; checks it matches the run.
 
     Raises:
@@ -115,12 +117,13 @@ def open_frame_store(path: Path, index: TrainIndex, contract: InputContract, *, 
     """
     expect = {"U": num_frames, "R": regular_frames, "H": contract.frame_size,
               "mean": list(contract.mean), "std": list(contract.std), "dataset": index.dataset,
-              "shards": list(shards), "num_videos": len(index.keys), "dtype": dtype}
+              "shards": list(shards), "num_videos": len(index.keys), "dtype": dtype,
+              "frame_param": frame_param}
     if dist.is_main and not (path / "zarr.json").is_file():
         FrameStore.create(path, index.keys, num_frames=num_frames,
                           frame_size=contract.frame_size, mean=contract.mean, std=contract.std,
                           regular_frames=regular_frames, shards=shards, dataset=index.dataset,
-                          dtype=dtype)
+                          dtype=dtype, frame_param=frame_param)
     barrier()
     store = FrameStore.open(path, mode="r+", expect=expect)
     if store.video_ids != index.keys:
@@ -132,33 +135,54 @@ def _decoded(sample: dict) -> dict:
     return {"key": sample["key"], "frames": torch.from_numpy(sample["frames"])}
 
 
+def _initial_row(frames: torch.Tensor, contract: InputContract, num_frames: int,
+                 mix: tuple[int, float] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first learnable frames ``(U, 3, H, W)`` of a video, and its mixing logits ``(U, R)``.
+
+    ``pixels``: the uniform frames. ``mix`` (``(R, peak)``): the mix of the R anchors with
+    logits peaked at the anchor nearest each uniform position, residual 0.
+    """
+    positions = uniform_subset(frames.shape[0], num_frames)
+    if mix is None:
+        return to_model_input(frames, contract, positions).numpy(), None
+    regular, peak = mix
+    anchors = anchor_positions(frames.shape[0], regular)
+    logits = initial_mix_logits(positions, anchors, peak)
+    composed = mix_frames(torch.from_numpy(logits)[None], None,
+                          to_model_input(frames, contract, anchors)[None])[0]
+    return composed.numpy(), logits
+
+
 def init_store_rows(store: FrameStore, shards: list[str], contract: InputContract, *,
                     num_frames: int, dist: DistInfo, workers: int, chunk: int = 32,
-                    progress: bool = True) -> int:
+                    progress: bool = True, mix: tuple[int, float] | None = None) -> int:
     """Write U uniform frames into every row the store reports missing; returns rows written.
 
     Every rank fills the rows of the shards it reads; rank 0 then records the count.
+    ``mix``: ``(R, peak logit)`` of a ``mix`` store (see :func:`_initial_row`).
     """
     missing = set(store.missing_rows().tolist())
     written = 0
     if missing:
         dataset = ShardDataset(shards, shuffle=0, rank=dist.rank, world_size=dist.world_size)
         loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_decoded)
-        rows, frames = [], []
+        rows, frames, logits = [], [], []
         bar = tqdm(loader, desc="init MOF store", unit="video", leave=False,
                    disable=not (progress and dist.is_main))
         for sample in bar:
             row = int(store.row_of([sample["key"]])[0])
             if row not in missing:
                 continue
-            positions = uniform_subset(sample["frames"].shape[0], num_frames)
+            first, first_logits = _initial_row(sample["frames"], contract, num_frames, mix)
             rows.append(row)
-            frames.append(to_model_input(sample["frames"], contract, positions).numpy())
+            frames.append(first)
+            logits.append(first_logits)
             if len(rows) == chunk:
-                store.init_rows(np.asarray(rows), np.stack(frames))
-                written, rows, frames = written + len(rows), [], []
+                store.init_rows(np.asarray(rows), np.stack(frames),
+                                np.stack(logits) if mix else None)
+                written, rows, frames, logits = written + len(rows), [], [], []
         if rows:
-            store.init_rows(np.asarray(rows), np.stack(frames))
+            store.init_rows(np.asarray(rows), np.stack(frames), np.stack(logits) if mix else None)
             written += len(rows)
     barrier()
     if dist.is_main:

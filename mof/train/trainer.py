@@ -22,6 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from mof.bilevel import adamw_preconditioner
 from mof.models.io import save_model
 from mof.train import distributed as dist_utils
 from mof.train.checkpoint import (
@@ -58,7 +59,7 @@ from mof.train.store_setup import (
     open_frame_store,
     scan_train_shards,
 )
-from pipeline.framestore import FIELDS, FrameRows
+from pipeline.framestore import FrameRows
 from pipeline.framestore_io import AsyncFrameIO, PendingRead
 from pipeline.reader import resolve_shards
 
@@ -139,9 +140,10 @@ class Trainer:
         self.store = open_frame_store(
             self.out / "mof.zarr", self.index, self.model.contract, num_frames=cfg.num_frames,
             regular_frames=cfg.regular_frames, shards=self.shards, dtype=cfg.store_dtype,
-            dist=dist)
+            dist=dist, frame_param=cfg.frame_param)
+        mix = (cfg.regular_frames, cfg.mix_init_logit) if cfg.frame_param == "mix" else None
         init_store_rows(self.store, self.shards, self.model.contract, num_frames=cfg.num_frames,
-                        dist=dist, workers=cfg.workers, progress=self.progress_bar)
+                        dist=dist, workers=cfg.workers, progress=self.progress_bar, mix=mix)
         if cfg.store_dtype != "float32":
             check_store_resolution(self.store, cfg.frame_lr, cfg.store_dtype)
         self.journal = RowJournal(self.out / "journal", dist.rank)
@@ -223,7 +225,8 @@ class Trainer:
             seed=phase_seed(cfg.seed, self.progress.epoch, index, self.dist.rank,
                             stream=int(stage == "frames")),
             regular_frames=cfg.regular_frames if regular else None, augment=cfg.augment,
-            crop_scale=cfg.crop_scale, device=self.device, need_uniform=not cfg.mof)
+            crop_scale=cfg.crop_scale, device=self.device, need_uniform=not cfg.mof,
+            anchor_frames=cfg.regular_frames if regular and cfg.frame_param == "mix" else None)
 
     def _prefetch(self, stage: str, batch: RawBatch | None, step: int) -> PendingRead | None:
         """Start reading the store rows of a batch: all of them for a frame-level step, the
@@ -231,7 +234,7 @@ class Trainer:
         if self.io is None or batch is None:
             return None
         frame_step = stage == "frames" or runs_frame_step(self.cfg, step)
-        return self.io.prefetch(self._rows(batch), FIELDS if frame_step else ("frames",))
+        return self.io.prefetch(self._rows(batch), None if frame_step else ("frames",))
 
     def _rows(self, batch: RawBatch) -> np.ndarray:
         return self.store.row_of(batch.keys)
@@ -304,7 +307,7 @@ class Trainer:
         return self._frame_update(batch, state, draw.result(),
                                   lr=frame_lr_at(cfg, p.frame_epochs))
 
-    def _check_fd_step(self, current: FrameState, draw: PhaseDraw) -> float:
+    def _check_fd_step(self, current: FrameState, draw: PhaseDraw, precond) -> float:
         """Check ``--fd-step`` against the exact meta-gradient on rank 0's first frame batch
         (warning, and choosing another step, when it falls short); every rank uses the result."""
         cfg = self.cfg
@@ -315,7 +318,8 @@ class Trainer:
                 check = check_fd_step(self.model, current, draw.frames_regular, draw.text,
                                       draw.augment, alpha=cfg.alpha, fd_step=cfg.fd_step,
                                       fd_scheme=cfg.fd_scheme, seed=draw.torch_seed,
-                                      regular_augmented=draw.regular_augmented)
+                                      regular_augmented=draw.regular_augmented,
+                                      precond=precond)
                 chosen = check.chosen
                 if check.message:
                     warnings.warn(check.message, RuntimeWarning, stacklevel=2)
@@ -331,32 +335,45 @@ class Trainer:
         """Start saving the pre-images of the batch's rows; it overlaps the phase's compute
         and is joined in :meth:`_frame_update` before the rows are written back."""
         self.journal.record_in_background(self.progress.phase, self._rows(batch), {
-            n: getattr(state, n) for n in FIELDS})
+            n: getattr(state, n) for n in self.store.fields})
 
     def _frame_update(self, batch: RawBatch, state: FrameRows, draw: PhaseDraw, lr: float,
                       shared: SharedPass | None = None) -> dict[str, float]:
         cfg, p = self.cfg, self.progress
         dev = self.device
-        current = FrameState(*(torch.from_numpy(getattr(state, n)).to(dev) for n in FIELDS))
+        fields = self.store.fields
+        current = FrameState(**{n: torch.from_numpy(getattr(state, n)).to(dev) for n in fields})
+        precond = None
+        if cfg.inner_step == "adamw":  # read after the model-level step: its next update's P
+            precond = adamw_preconditioner(self.optimizer, dict(self.model.named_parameters()))
         if cfg.meta_grad == "finite-diff" and cfg.fd_check and p.fd_step is None:
-            p.fd_step = self._check_fd_step(current, draw)
+            p.fd_step = self._check_fd_step(current, draw, precond)
         if cfg.meta_grad == "exact":
             self.model.set_attention("math")  # fused kernels have no double backward
+        first = None
         try:
-            new, stats = frame_level_update(
-                self.model, current, draw.frames_regular, draw.text, draw.augment,
-                alpha=cfg.alpha, mode=cfg.meta_grad, fd_step=p.fd_step or cfg.fd_step,
-                fd_scheme=cfg.fd_scheme, shared=shared,
-                regular_augmented=draw.regular_augmented, lr=lr,
-                betas=cfg.resolved_frame_betas, seed=draw.torch_seed, amp=self.amp,
-                grad_scale=cfg.frame_grad_scale)
+            for _ in range(cfg.frame_steps):  # Θ fixed; each step from the frames just made
+                current, stats = frame_level_update(
+                    self.model, current, draw.frames_regular, draw.text, draw.augment,
+                    alpha=cfg.alpha, mode=cfg.meta_grad, fd_step=p.fd_step or cfg.fd_step,
+                    fd_scheme=cfg.fd_scheme, shared=shared,
+                    regular_augmented=draw.regular_augmented, lr=lr,
+                    betas=cfg.resolved_frame_betas, seed=draw.torch_seed, amp=self.amp,
+                    grad_scale=cfg.frame_grad_scale, precond=precond,
+                    anchors=draw.frames_anchor, mix_lr=cfg.mix_lr)
+                first = first or stats
+                if shared is not None:  # its ε-gradient was of the first step's frames
+                    shared = SharedPass(shared.params, None)
         finally:
             self.model.set_attention("fused")
         self.journal.wait()  # the pre-images are durable before any row is overwritten
-        self.io.write(self._rows(batch),
-                      FrameRows(*(getattr(new, n).detach().cpu().numpy() for n in FIELDS)))
-        p.frame_loss_sum, p.frame_count = p.frame_loss_sum + stats["outer_loss"], p.frame_count + 1
-        return {"frame_loss": stats["outer_loss"], "meta_grad": stats["meta_grad_norm"]}
+        self.io.write(self._rows(batch), FrameRows(
+            **{n: getattr(current, n).detach().cpu().numpy() for n in fields}))
+        p.frame_loss_sum, p.frame_count = p.frame_loss_sum + first["outer_loss"], p.frame_count + 1
+        out = {"frame_loss": first["outer_loss"], "meta_grad": first["meta_grad_norm"]}
+        if cfg.frame_steps > 1:
+            out["frame_loss_last"] = stats["outer_loss"]
+        return out
 
     # -- evaluation and checkpoints ----------------------------------------------------------
 
