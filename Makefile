@@ -41,7 +41,7 @@ test-slow: $(STAMP)  ## the slow suite
 test-gpu: $(STAMP)  ## GPU tests (needs CUDA; DALI from `pip install .[gpu]`)
 	$(PY) -m pytest -q -m gpu
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff (rules in pyproject.toml)
 	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)  ## the main job end to end on the embedded synthetic dataset

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import click
 
+# Option decorators only (click and yaml): each command imports its work inside it.
+from mof.reproduce.cli_options import config_from_options as table4_config
+from mof.reproduce.cli_options import table4_options
+from mof.train.cli_options import config_from_options, train_options
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="mof")
@@ -50,18 +55,25 @@ def synth(quiet: bool, **options: object) -> None:
 
 
 @main.command()
-@click.option("--dataset", help="Manifest name (e.g. synthetic, msrvtt); also the shard name prefix.")
-@click.option("--root", type=click.Path(file_okay=False), help="Dataset root; video paths are relative to it.")
+@click.option("--dataset",
+              help="Manifest name (e.g. synthetic, msrvtt); also the shard name prefix.")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Dataset root; video paths are relative to it.")
 @click.option("--split", help="Split to shard: train, val or test.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output directory (resumed if it exists).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Output directory (resumed if it exists).")
 @click.option("--frames", default=32, show_default=True, help="R: frames stored per video.")
-@click.option("--size", default=256, show_default=True, help="S: frames are S x S pixels (short side, centre crop).")
-@click.option("--backend", type=click.Choice(["auto", "ffmpeg", "dali"]), default="auto", show_default=True,
+@click.option("--size", default=256, show_default=True,
+              help="S: frames are S x S pixels (short side, centre crop).")
+@click.option("--backend", type=click.Choice(["auto", "ffmpeg", "dali"]), default="auto",
+              show_default=True,
               help="Decoder: dali needs a CUDA GPU; auto picks dali when usable, else ffmpeg.")
-@click.option("--workers", default=1, show_default=True, help="Decoding processes (each writes whole shards).")
+@click.option("--workers", default=1, show_default=True,
+              help="Decoding processes (each writes whole shards).")
 @click.option("--shard-size", default=64, show_default=True, help="Videos per shard.")
 @click.option("--strict", is_flag=True, help="Exit non-zero (after finishing) if any video failed.")
-@click.option("--num-nodes", type=int, help="Machines splitting the plan [default: $WORLD_SIZE or 1].")
+@click.option("--num-nodes", type=int,
+              help="Machines splitting the plan [default: $WORLD_SIZE or 1].")
 @click.option("--node-rank", type=int, help="This machine's rank [default: $RANK or 0].")
 @click.option("--merge-index", type=click.Path(file_okay=False, exists=True), metavar="OUT",
               help="Instead of sharding: join the partial indexes of a multi-node run in OUT.")
@@ -73,7 +85,8 @@ def shard(merge_index: str | None, **options: object) -> None:
     try:
         if merge_index:
             totals = merge_indexes(merge_index)["totals"]
-            click.echo(f"merged {merge_index}/index.json: {totals['shards']} shards, {totals['samples']} samples")
+            click.echo(f"merged {merge_index}/index.json: {totals['shards']} shards, "
+                       f"{totals['samples']} samples")
             return
         config = ShardConfig(**options)
     except ValueError as exc:
@@ -82,7 +95,8 @@ def shard(merge_index: str | None, **options: object) -> None:
         raise click.ClickException(str(exc)) from exc
     try:
         summary = write_shards(config)
-    except (ValueError, ShardConfigMismatch, ShardIndexError) as exc:  # ManifestError is a ValueError
+    # ManifestError is a ValueError
+    except (ValueError, ShardConfigMismatch, ShardIndexError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary.format())
     if config.strict and summary.errors_total:
@@ -92,8 +106,10 @@ def shard(merge_index: str | None, **options: object) -> None:
 @main.command()
 @click.argument("shards", nargs=-1, required=True)
 @click.option("--sheet", type=click.Path(dir_okay=False), help="Write a contact-sheet PNG here.")
-@click.option("--samples", default=8, show_default=True, help="Rows (samples) of the contact sheet.")
-@click.option("--max-frames", default=8, show_default=True, help="Frames per row at most (evenly spaced).")
+@click.option("--samples", default=8, show_default=True,
+              help="Rows (samples) of the contact sheet.")
+@click.option("--max-frames", default=8, show_default=True,
+              help="Frames per row at most (evenly spaced).")
 def inspect(shards: tuple[str, ...], sheet: str | None, samples: int, max_frames: int) -> None:
     """Count what SHARDS hold (a shard directory, patterns or files) and draw a contact sheet."""
     from pipeline.contact_sheet import InspectConfig, inspect_shards
@@ -149,8 +165,6 @@ def eval_(quiet: bool, **options: object) -> None:
 
 # --- train / export-frames -----------------------------------------------------------------
 
-from mof.train.cli_options import config_from_options, train_options
-
 
 @main.command()
 @train_options
@@ -204,10 +218,6 @@ def export_frames_(ids: tuple[str, ...], shards: tuple[str, ...], quiet: bool,
 
 
 # --- reproduce -----------------------------------------------------------------------------
-
-# light imports (click and yaml only): the command's work is imported inside it
-from mof.reproduce.cli_options import config_from_options as table4_config
-from mof.reproduce.cli_options import table4_options
 
 
 @main.group()

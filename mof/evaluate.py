@@ -328,7 +328,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"queries; {model['name']} ({model['source']}); U={frames['used']} of "
         f"R={frames['stored']} frames; {report['device']}"
         + (f" ({report['autocast']} autocast)" if report["autocast"] else ""),
-        f"{'':6}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'MedR':>8}{'MeanR':>9}   ({report['convention']} ties)",
+        f"{'':6}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'MedR':>8}{'MeanR':>9}"
+        f"   ({report['convention']} ties)",
     ]
     for direction in ("t2v", "v2t"):
         m = report["metrics"][direction]

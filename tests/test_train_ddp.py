@@ -89,8 +89,8 @@ def test_torchrun_two_processes_match_single_process_replay(train_data, tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-         str(WORLD), "-m", "mof.train", *args], check=False, env=env, capture_output=True, text=True,
-        timeout=300, cwd=Path(__file__).parent.parent)
+         str(WORLD), "-m", "mof.train", *args], check=False, env=env, capture_output=True,
+        text=True, timeout=300, cwd=Path(__file__).parent.parent)
     assert result.returncode == 0, result.stderr[-4000:]
     assert len((run / "metrics.csv").read_text().splitlines()) == 2  # rank 0 evaluated once
 

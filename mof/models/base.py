@@ -70,7 +70,7 @@ class RetrievalModel(nn.Module):
         raise NotImplementedError
 
     def logits(self, text_emb: torch.Tensor, video_emb: torch.Tensor) -> torch.Tensor:
-        """``(Bt, D)``, ``(Bv, D)`` → ``(Bt, Bv)`` similarity logits, temperature or scale included."""
+        """``(Bt, D)``, ``(Bv, D)`` → ``(Bt, Bv)`` similarity logits (temperature or scale in)."""
         raise NotImplementedError
 
     def similarity(self, text_emb: torch.Tensor, video_emb: torch.Tensor) -> torch.Tensor:

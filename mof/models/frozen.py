@@ -36,8 +36,8 @@ from mof.models.text import (
 from mof.models.tokenizer import WordTokenizer
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "TINY_DEFAULTS", "FrozenConfig", "FrozenInTime", "FrozenTextSide",
-    "frozen", "frozen_tiny",
+    "IMAGENET_MEAN", "IMAGENET_STD", "TINY_DEFAULTS", "FrozenConfig", "FrozenInTime",
+    "FrozenTextSide", "frozen", "frozen_tiny",
 ]
 
 #: Frozen normalises with ImageNet statistics (even though its IN-21k ViT used 0.5/0.5).

@@ -3,9 +3,9 @@
 The trainer only sequences: data draws (:mod:`mof.train.data`), the model-level and the
 frame-level step (:mod:`mof.train.phases`), store I/O (``pipeline.framestore``), the undo
 journal, checkpoints and the run's position (:mod:`mof.train.checkpoint`), evaluation
-(:mod:`mof.train.evaluation`) and logging and the summary (:mod:`mof.train.run_log`). One *stage* is a pass over the epoch's batches: ``model``
-(model-level steps, plus frame-level steps under the ``phase`` schedule) or ``frames`` (the
-second pass of the ``epoch`` schedule).
+(:mod:`mof.train.evaluation`) and logging and the summary (:mod:`mof.train.run_log`). One
+*stage* is a pass over the epoch's batches: ``model`` (model-level steps, plus frame-level steps
+under the ``phase`` schedule) or ``frames`` (the second pass of the ``epoch`` schedule).
 """
 
 from __future__ import annotations
