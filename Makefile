@@ -35,8 +35,8 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg
 test: $(STAMP)  ## the test suite (CPU, no network; slow and gpu markers excluded)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)  ## the slow suite
-	$(PY) -m pytest -q -m slow
+test-slow: $(STAMP)  ## the slow suite: full-size weights, torchrun, the Table IV micro grid
+	$(PY) -m pytest -q -m "slow and not gpu"
 
 test-gpu: $(STAMP)  ## GPU tests (needs CUDA; DALI from `pip install .[gpu]`)
 	$(PY) -m pytest -q -m gpu

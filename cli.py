@@ -1,10 +1,14 @@
 """``mof-cli``: a thin shell over the toolkit.
 
 Each command parses its options, builds one config dataclass and calls one function. Heavy
-imports happen inside the commands so that ``mof-cli --help`` answers at once.
+imports happen inside the commands so that ``mof-cli --help`` answers at once. Errors become
+exit statuses in one place, :func:`_reported`.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import click
 
@@ -12,6 +16,28 @@ import click
 from mof.reproduce.cli_options import config_from_options as table4_config
 from mof.reproduce.cli_options import table4_options
 from mof.train.cli_options import config_from_options, train_options
+from pipeline.errors import MofError
+
+#: What a user's input can cause: the toolkit's own errors, and the builtin ones the model
+#: library (torch/numpy only, so without MofError) raises for bad arguments and missing files.
+#: Anything else is a bug and keeps its traceback.
+USER_ERRORS = (MofError, ValueError, KeyError, FileNotFoundError, FileExistsError)
+
+
+@contextlib.contextmanager
+def _reported(*, options: bool = False) -> Iterator[None]:
+    """Turn :data:`USER_ERRORS` into a one-line message and an exit status.
+
+    Args:
+        options: the block reads the options: exit 2 with the usage line (click's convention);
+            otherwise the block does the work: exit 1.
+    """
+    try:
+        yield
+    except USER_ERRORS as exc:
+        # str(KeyError) quotes its message; the message itself reads better.
+        message = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        raise (click.UsageError if options else click.ClickException)(message) from exc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -42,13 +68,12 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(quiet: bool, **options: object) -> None:
     """Generate the embedded synthetic text-video dataset (H.264 videos + annotations.jsonl)."""
-    from pipeline.synth import SynthConfig, SynthError, generate_synthetic
+    from pipeline.synth import SynthConfig, generate_synthetic
 
-    try:
+    with _reported(options=True):
         cfg = SynthConfig(progress=not quiet, **options)
+    with _reported():
         click.echo(generate_synthetic(cfg))
-    except (ValueError, SynthError) as exc:  # SynthConfigError is a ValueError
-        raise click.ClickException(str(exc)) from exc
 
 
 # --- shard / inspect -----------------------------------------------------------------------
@@ -79,25 +104,19 @@ def synth(quiet: bool, **options: object) -> None:
               help="Instead of sharding: join the partial indexes of a multi-node run in OUT.")
 def shard(merge_index: str | None, **options: object) -> None:
     """Decode every video of a split into R frames and write WebDataset shards + index.json."""
-    from pipeline.index import ShardIndexError, merge_indexes
-    from pipeline.shard import ShardConfig, ShardConfigMismatch, write_shards
+    from pipeline.index import merge_indexes
+    from pipeline.shard import ShardConfig, write_shards
 
-    try:
-        if merge_index:
+    if merge_index:
+        with _reported():
             totals = merge_indexes(merge_index)["totals"]
-            click.echo(f"merged {merge_index}/index.json: {totals['shards']} shards, "
-                       f"{totals['samples']} samples")
-            return
+        click.echo(f"merged {merge_index}/index.json: {totals['shards']} shards, "
+                   f"{totals['samples']} samples")
+        return
+    with _reported(options=True):
         config = ShardConfig(**options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    except ShardIndexError as exc:
-        raise click.ClickException(str(exc)) from exc
-    try:
+    with _reported():
         summary = write_shards(config)
-    # ManifestError is a ValueError
-    except (ValueError, ShardConfigMismatch, ShardIndexError) as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(summary.format())
     if config.strict and summary.errors_total:
         raise click.ClickException(f"--strict: {summary.errors_total} videos could not be sharded")
@@ -114,14 +133,10 @@ def inspect(shards: tuple[str, ...], sheet: str | None, samples: int, max_frames
     """Count what SHARDS hold (a shard directory, patterns or files) and draw a contact sheet."""
     from pipeline.contact_sheet import InspectConfig, inspect_shards
 
-    try:
+    with _reported(options=True):
         config = InspectConfig(list(shards), sheet=sheet, samples=samples, max_frames=max_frames)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    try:
+    with _reported():
         report = inspect_shards(config)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(report.format())
 
 
@@ -152,14 +167,10 @@ def eval_(quiet: bool, **options: object) -> None:
     """Encode the test shards with U uniform frames, rank, print and write metrics.json."""
     from mof.evaluate import EvalConfig, evaluate, format_report
 
-    try:
+    with _reported(options=True):
         config = EvalConfig(progress=not quiet, **options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    try:
+    with _reported():
         report = evaluate(config)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(format_report(report))
 
 
@@ -174,13 +185,12 @@ def train(quiet: bool, **options: object) -> None:
     Works under `torchrun --nproc_per_node N $(which mof-cli) train ...` (NCCL on GPU, gloo on
     CPU). Writes RUN_DIR/config.yaml, metrics.csv, tb/, checkpoints/{last,best} and mof.zarr.
     """
-    config = config_from_options(options)
+    with _reported(options=True):
+        config = config_from_options(options)
     from mof.train import train as run_training
 
-    try:
+    with _reported():
         run_training(config, progress=not quiet)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @main.command("export-frames")
@@ -204,16 +214,11 @@ def export_frames_(ids: tuple[str, ...], shards: tuple[str, ...], quiet: bool,
     """Write a run's learned MOF frames beside its regular and initial frames (Fig. 7 grids)."""
     from mof.export import ExportConfig, export_frames, format_summary
 
-    try:
+    with _reported(options=True):
         config = ExportConfig(ids=list(ids), shards=list(shards) or None, progress=not quiet,
                               **options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    try:
+    with _reported():
         summary = export_frames(config)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        raise click.ClickException(str(message)) from exc
     click.echo(format_summary(summary))
 
 
@@ -231,13 +236,12 @@ def reproduce_table4(**options: object) -> None:
     """Table IV: baselines at 1/4/8/32 frames and MOF 16:1, 8:4, 16:4, 8:8, 32:8, several
     seeds each (synth → shard → train → eval per cell, reusing finished work), then
     RESULTS/table4.{md,csv,png} and curves.png."""
-    config = table4_config(options)
+    with _reported(options=True):
+        config = table4_config(options)
     from mof.reproduce import reproduce_table4 as run_table4
 
-    try:
+    with _reported():
         summary = run_table4(config)
-    except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(summary.format())
     if summary.failed:
         raise click.ClickException(f"{len(summary.failed)} cells failed (see error.txt in "

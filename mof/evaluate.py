@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from mof.metrics import CONVENTIONS, count_ranks, summarize
-from mof.models.base import RetrievalModel
+from mof.models.contract import RetrievalModel
 from mof.split_encoding import encode_texts, encode_videos, eval_mode
 
 __all__ = [
@@ -295,7 +295,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         FileNotFoundError: no model behind ``--checkpoint``, or missing shards.
         ValueError: see :func:`evaluate_model`; ``--model`` differing from the checkpoint's.
     """
-    from pipeline.index import atomic_write_json
+    from pipeline.atomic import atomic_write_json
     from pipeline.reader import resolve_shards
 
     shards = resolve_shards(config.shards)
@@ -309,7 +309,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     result.frames["from"] = frames_from
     out = Path(config.out or config.checkpoint)
     report = result.to_dict()
-    report["model"] = {**source, "spec": getattr(model, "spec", {}),
+    report["model"] = {**source, "spec": model.spec,
                        "contract": model.contract.to_dict()}
     report["config"] = {**dataclasses.asdict(config), "frames": frames, "out": str(out)}
     report["versions"] = {"torch": torch.__version__, "numpy": np.__version__}

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from mof.frames import to_model_input
-from mof.models.base import RetrievalModel
+from mof.models.contract import RetrievalModel
 
 __all__ = ["encode_texts", "encode_videos", "eval_mode", "sync"]
 
@@ -25,16 +25,14 @@ __all__ = ["encode_texts", "encode_videos", "eval_mode", "sync"]
 @contextlib.contextmanager
 def eval_mode(model: RetrievalModel) -> Iterator[None]:
     """Eval mode with fused attention, restoring both afterwards (the trainer's model)."""
-    was_training, attention = model.training, getattr(model, "attention", None)
+    was_training, attention = model.training, model.attention
     model.eval()
-    with contextlib.suppress(NotImplementedError, ValueError):
-        model.set_attention("fused")
+    model.set_attention("fused")
     try:
         yield
     finally:
         model.train(was_training)
-        if attention is not None:
-            model.set_attention(attention)
+        model.set_attention(attention)
 
 
 def sync(device: torch.device) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import MofError
 from pipeline.index import read_index
 from pipeline.records import ShardSample
 
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-class ShardReadError(RuntimeError):
+class ShardReadError(MofError, RuntimeError):
     """A shard or one of its samples cannot be read; the message names shard and key."""
 
 

@@ -84,6 +84,7 @@ def test_config_reports_every_problem(tmp_path):
         assert fragment in text
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_micro_grid_end_to_end(micro):
     base, first = micro["base"], micro["first"]
     assert first.outcomes == {"trained": 2} and not first.failed
@@ -110,6 +111,7 @@ def test_micro_grid_end_to_end(micro):
     assert (cell_dir(cfg, Cell(1, 16), 0) / "run" / "mof.zarr").is_dir()
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_cells_fine_tune_one_shared_warm_start(micro):
     cfg = micro["cfg"]
     where = warm_start_dir(cfg)
@@ -131,6 +133,7 @@ def test_cells_fine_tune_one_shared_warm_start(micro):
     assert off.train_config(off.cells[0], 0, "a", "b", "c").init_from is None
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_rerun_skips_finished_cells_and_adds_seeds(micro):
     second, cfg = micro["second"], micro["cfg"]
     assert second.outcomes == {"skipped": 2, "trained": 2}
@@ -141,6 +144,7 @@ def test_rerun_skips_finished_cells_and_adds_seeds(micro):
     assert third.outcomes == {"skipped": 4}
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_aggregation_matches_hand_computed_values(micro):
     cfg, results_dir = micro["cfg"], micro["base"] / "results"
     with open(results_dir / "table4.csv", newline="") as fh:
@@ -178,6 +182,7 @@ def test_mean_std_verdicts():
     assert math.isnan(mean_std([3.0]).std)
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_readme_block_and_published_files(micro):
     base = micro["base"]
     text = (base / "README.md").read_text()
@@ -192,7 +197,8 @@ def test_readme_block_and_published_files(micro):
         rewrite_readme(bad, "x")
 
 
-def test_cli_report_only_and_usage_errors(micro, tmp_path):
+@pytest.mark.slow  # runs the micro grid
+def test_cli_report_only(micro, tmp_path):
     from cli import main
 
     base = micro["base"]
@@ -204,6 +210,11 @@ def test_cli_report_only_and_usage_errors(micro, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "4/4 finished" in result.output and (tmp_path / "r" / "table4.md").is_file()
+
+
+def test_cli_usage_errors():
+    from cli import main
+
     result = CliRunner().invoke(main, ["reproduce", "table4", "--grid", "8:16", "--seeds", "0",
                                        "--train-arg", "nokey"])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
@@ -211,6 +222,7 @@ def test_cli_report_only_and_usage_errors(micro, tmp_path):
     assert result.exit_code == 2 and "R >= U" in result.output and "--seeds" in result.output
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_diagnosis_measures_drift_and_meta_gradient_sign(micro):
     from mof.models.io import load_model
     from mof.reproduce.diagnose import frame_drift, meta_gradient_probe
@@ -229,6 +241,7 @@ def test_diagnosis_measures_drift_and_meta_gradient_sign(micro):
     assert probe["inner_step_norm"] > 0
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_training_fit_scores_learned_frames_only_for_mof(micro):
     from mof.reproduce.diagnose import training_fit
 
@@ -240,6 +253,7 @@ def test_training_fit_scores_learned_frames_only_for_mof(micro):
         assert 1 <= metrics["MedR"] <= metrics["count"] and 0 <= metrics["R@1"] <= 100
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_diagnosis_report_has_every_section_and_is_published(micro, tmp_path):
     # Every cell is finished: the call only aggregates and diagnoses.
     summary = reproduce_table4(micro_config(micro["base"], seeds=2, jobs=1, diagnose=True,
@@ -259,6 +273,7 @@ def test_diagnosis_report_has_every_section_and_is_published(micro, tmp_path):
     assert len(fit_rows) == 2 and all(line.count(" / ") == 6 for line in fit_rows)
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_resume_or_restart_a_run_directory(micro, tmp_path):
     import shutil
 

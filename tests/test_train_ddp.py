@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import TRAIN_VIDEOS, session_train_data, single_thread
 
 from mof.train import TrainConfig
 from mof.train.augment import apply_augment
@@ -31,9 +30,9 @@ from mof.train.phases import (
 )
 from pipeline.framestore import FrameStore
 from pipeline.reader import resolve_shards
+from tests.train_data import TRAIN_VIDEOS
 
-train_data = pytest.fixture(scope="session")(session_train_data)
-one_thread = pytest.fixture(autouse=True)(single_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORLD = 2
 
@@ -80,6 +79,7 @@ def _replay(config: TrainConfig) -> tuple[dict, dict, dict[str, np.ndarray]]:
     return initial, {n: p.detach() for n, p in model.state_dict().items()}, frames
 
 
+@pytest.mark.slow  # two torchrun processes
 def test_torchrun_two_processes_match_single_process_replay(train_data, tmp_path):
     run = tmp_path / "ddp"
     args = ["--model", "frozen-tiny", "--train", train_data["train"], "--test",

@@ -217,7 +217,7 @@ def rewrite_readme(readme: Path, body: str) -> None:
     Raises:
         ValueError: the markers are missing, repeated or out of order.
     """
-    from pipeline.index import atomic_write_bytes
+    from pipeline.atomic import atomic_write_bytes
 
     text = readme.read_text()
     pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.DOTALL)

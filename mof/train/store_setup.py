@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mof.frames import to_model_input
-from mof.models.base import InputContract
+from mof.models.contract import InputContract
 from mof.train.distributed import DistInfo, all_gather_objects, barrier
 from pipeline.framestore import FrameStore
 from pipeline.reader import ShardDataset

@@ -40,7 +40,6 @@ from mof.train.evaluation import evaluate_and_rank
 from mof.train.model_setup import (
     build_model,
     build_optimizer,
-    enable_activation_checkpointing,
 )
 from mof.train.phases import (
     FrameState,
@@ -98,7 +97,7 @@ class Trainer:
             raise ValueError(f"--frames {cfg.frames}: {cfg.model} takes at most "
                              f"{self.model.contract.max_frames} frames per video")
         if cfg.grad_checkpointing:
-            enable_activation_checkpointing(self.model)
+            self.model.set_grad_checkpointing(True)
         self.model.set_attention("fused")
         self.step_module = GlobalContrastive(self.model, self.dist.rank, world)
         if self.dist.distributed:
