@@ -8,7 +8,7 @@ importing it fills the registry. A family that fails to import fails this import
 from __future__ import annotations
 
 # The families: importing a module registers its models. Add a new family's module here.
-from mof.models import clip4clip, frozen, resnet  # noqa: E402, F401  (registration only)
+from mof.models import clip4clip, frozen, resnet  # noqa: F401  (registration only)
 from mof.models.contract import AttentionMode, InputContract, RetrievalModel
 from mof.models.registry import create_model, list_models, model_family, register_model
 
