@@ -1,9 +1,8 @@
 """Text-to-patch attention maps of the first video block, and their overlay on frames.
 
-Any model whose contract declares ``has_patch_readout`` (:meth:`~mof.models.contract.
-RetrievalModel.patch_embeddings`) can be read; for Frozen (:class:`~mof.models.frozen.
-FrozenInTime`), what is shown for a caption and a video of F frames with N = (H / patch)²
-patches each is
+Any model whose contract declares ``has_patch_readout`` (:mod:`mof.models.contract`) can be
+read. For Frozen (:class:`~mof.models.frozen.FrozenInTime`), what is shown for a caption and a
+video of F frames with N = (H / patch)² patches each is
 
     t        = encode_text(caption)                    the projected text [CLS] embedding (D_p,)
     x_{f,p}  = output of video block 0 at patch p of frame f                        (D,)
