@@ -40,8 +40,8 @@ browser:  ## Debian's chromium for the web page test (apt-get only when it is mi
 test: $(STAMP) browser  ## the test suite (CPU, no network; slow and gpu markers excluded)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)  ## the slow suite
-	$(PY) -m pytest -q -m slow
+test-slow: $(STAMP)  ## the slow suite: full-size weights, torchrun, the Table IV micro grid
+	$(PY) -m pytest -q -m "slow and not gpu"
 
 test-gpu: $(STAMP)  ## GPU tests (needs CUDA; DALI from `pip install .[gpu]`)
 	$(PY) -m pytest -q -m gpu
@@ -51,7 +51,7 @@ test-dali: $(STAMP)  ## the dali backend on DALI's CPU decoder (installs DALI, a
 	$(PY) -m pip install -q nvidia-dali-cuda130==2.4.0
 	$(PY) -m pytest -q -m dali tests/test_decode_dali_cpu.py
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff (rules in pyproject.toml)
 	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)  ## the main job end to end on the embedded synthetic dataset

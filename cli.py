@@ -1,15 +1,43 @@
 """``mof-cli``: a thin shell over the toolkit.
 
 Each command parses its options, builds one config dataclass and calls one function. Heavy
-imports happen inside the commands so that ``mof-cli --help`` answers at once.
+imports happen inside the commands so that ``mof-cli --help`` answers at once. Errors become
+exit statuses in one place, :func:`_reported`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import contextlib
+from collections.abc import Iterator
 
 import click
+
+# Option decorators only (click and yaml): each command imports its work inside it.
+from mof.reproduce.cli_options import config_from_options as table4_config
+from mof.reproduce.cli_options import table4_options
+from mof.train.cli_options import config_from_options, train_options
+from pipeline.errors import MofError
+
+#: What a user's input can cause: the toolkit's own errors, and the builtin ones the model
+#: library (torch/numpy only, so without MofError) raises for bad arguments and missing files.
+#: Anything else is a bug and keeps its traceback.
+USER_ERRORS = (MofError, ValueError, KeyError, FileNotFoundError, FileExistsError)
+
+
+@contextlib.contextmanager
+def _reported(*, options: bool = False) -> Iterator[None]:
+    """Turn :data:`USER_ERRORS` into a one-line message and an exit status.
+
+    Args:
+        options: the block reads the options: exit 2 with the usage line (click's convention);
+            otherwise the block does the work: exit 1.
+    """
+    try:
+        yield
+    except USER_ERRORS as exc:
+        # str(KeyError) quotes its message; the message itself reads better.
+        message = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        raise (click.UsageError if options else click.ClickException)(message) from exc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -40,13 +68,12 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(quiet: bool, **options: object) -> None:
     """Generate the embedded synthetic text-video dataset (H.264 videos + annotations.jsonl)."""
-    from pipeline.synth import SynthConfig, SynthError, generate_synthetic
+    from pipeline.synth import SynthConfig, generate_synthetic
 
-    try:
+    with _reported(options=True):
         cfg = SynthConfig(progress=not quiet, **options)
+    with _reported():
         click.echo(generate_synthetic(cfg))
-    except (ValueError, SynthError) as exc:  # SynthConfigError is a ValueError
-        raise click.ClickException(str(exc)) from exc
 
 
 # --- check / shard / inspect ---------------------------------------------------------------
@@ -59,75 +86,69 @@ def synth(quiet: bool, **options: object) -> None:
 @click.option("--split", help="Check only this split (train, val or test) [default: every split].")
 @click.option("--probe", is_flag=True, help="Also open each video file's header (no decoding).")
 @click.option("--workers", default=2, show_default=True, help="Processes probing headers.")
-@click.option("--columns", metavar="NAME,NAME", help="Columns of a .csv/.tsv file without a header "
-              "row, e.g. caption,path (a file without a split column holds --split).")
+@click.option("--columns", metavar="NAME,NAME", help="Columns of a .csv/.tsv file without a "
+              "header row, e.g. caption,path (a file without a split column holds --split).")
 @click.option("--listed", default=20, show_default=True, help="Items listed per kind of error.")
 def check(**options: object) -> None:
     """Validate a dataset's annotations and video files; exit 1 on any error."""
     from pipeline.check import CheckConfig, check_dataset
 
-    try:
+    with _reported(options=True):
         config = CheckConfig(**options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    try:
+    with _reported():
         report = check_dataset(config)
-    except ValueError as exc:  # ManifestError is a ValueError
-        raise click.ClickException(str(exc)) from exc
     click.echo(report.format())
     if not report.ok:
         raise SystemExit(1)
 
 
-
 @main.command()
-@click.option("--dataset", help="Manifest name (e.g. synthetic, msrvtt); also the shard name prefix.")
-@click.option("--root", type=click.Path(file_okay=False), help="Dataset root; video paths are relative to it.")
+@click.option("--dataset",
+              help="Manifest name (e.g. synthetic, msrvtt); also the shard name prefix.")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Dataset root; video paths are relative to it.")
 @click.option("--split", help="Split to shard: train, val or test [--videos: test].")
-@click.option("--out", type=click.Path(file_okay=False), help="Output directory (resumed if it exists).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Output directory (resumed if it exists).")
 @click.option("--frames", default=32, show_default=True, help="R: frames stored per video.")
-@click.option("--size", default=256, show_default=True, help="S: frames are S x S pixels (short side, centre crop).")
-@click.option("--backend", type=click.Choice(["auto", "ffmpeg", "dali"]), default="auto", show_default=True,
+@click.option("--size", default=256, show_default=True,
+              help="S: frames are S x S pixels (short side, centre crop).")
+@click.option("--backend", type=click.Choice(["auto", "ffmpeg", "dali"]), default="auto",
+              show_default=True,
               help="Decoder: dali needs a CUDA GPU; auto picks dali when usable, else ffmpeg.")
-@click.option("--workers", default=1, show_default=True, help="Decoding processes (each writes whole shards).")
+@click.option("--workers", default=1, show_default=True,
+              help="Decoding processes (each writes whole shards).")
 @click.option("--shard-size", default=64, show_default=True, help="Videos per shard.")
 @click.option("--strict", is_flag=True, help="Exit non-zero (after finishing) if any video failed.")
-@click.option("--num-nodes", type=int, help="Machines splitting the plan [default: $WORLD_SIZE or 1].")
+@click.option("--num-nodes", type=int,
+              help="Machines splitting the plan [default: $WORLD_SIZE or 1].")
 @click.option("--node-rank", type=int, help="This machine's rank [default: $RANK or 0].")
 @click.option("--videos", type=click.Path(file_okay=False, exists=True), metavar="DIR",
               help="Shard every video under DIR, no annotations needed (DIR is the root; "
               "--dataset defaults to its name).")
 @click.option("--merge-index", type=click.Path(file_okay=False, exists=True), metavar="OUT",
               help="Instead of sharding: join the partial indexes of a multi-node run in OUT.")
-@click.option("--columns", metavar="NAME,NAME", help="Columns of a .csv/.tsv file without a header "
-              "row, e.g. caption,path (a file without a split column holds --split).")
-@click.option("--retry-failed", is_flag=True,
-              help="Re-attempt the videos of OUT/errors.jsonl; those that decode now go into new shards.")
+@click.option("--columns", metavar="NAME,NAME", help="Columns of a .csv/.tsv file without a "
+              "header row, e.g. caption,path (a file without a split column holds --split).")
+@click.option("--retry-failed", is_flag=True, help="Re-attempt the videos of OUT/errors.jsonl; "
+              "those that decode now go into new shards.")
 def shard(merge_index: str | None, **options: object) -> None:
     """Decode every video of a split into R frames and write WebDataset shards + index.json."""
-    from pipeline.index import ShardIndexError, merge_indexes
-    from pipeline.shard import (
-        ShardConfig,
-        ShardConfigMismatch,
-        ShardInterrupted,
-        write_shards,
-    )
+    from pipeline.index import merge_indexes
+    from pipeline.shard import ShardConfig, ShardInterrupted, write_shards
 
-    try:
-        if merge_index:
+    if merge_index:
+        with _reported():
             totals = merge_indexes(merge_index)["totals"]
-            click.echo(f"merged {merge_index}/index.json: {totals['shards']} shards, {totals['samples']} samples")
-            return
+        click.echo(f"merged {merge_index}/index.json: {totals['shards']} shards, "
+                   f"{totals['samples']} samples")
+        return
+    with _reported(options=True):
         config = ShardConfig(**options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    except ShardIndexError as exc:
-        raise click.ClickException(str(exc)) from exc
     try:
-        summary = write_shards(config)
-    except (ValueError, ShardConfigMismatch, ShardIndexError) as exc:  # ManifestError is a ValueError
-        raise click.ClickException(str(exc)) from exc
-    except ShardInterrupted as exc:
+        with _reported():
+            summary = write_shards(config)
+    except ShardInterrupted as exc:  # the message says how to resume
         click.echo(str(exc), err=True)
         raise SystemExit(128 + exc.signum) from None
     click.echo(summary.format())
@@ -138,20 +159,18 @@ def shard(merge_index: str | None, **options: object) -> None:
 @main.command()
 @click.argument("shards", nargs=-1, required=True)
 @click.option("--sheet", type=click.Path(dir_okay=False), help="Write a contact-sheet PNG here.")
-@click.option("--samples", default=8, show_default=True, help="Rows (samples) of the contact sheet.")
-@click.option("--max-frames", default=8, show_default=True, help="Frames per row at most (evenly spaced).")
+@click.option("--samples", default=8, show_default=True,
+              help="Rows (samples) of the contact sheet.")
+@click.option("--max-frames", default=8, show_default=True,
+              help="Frames per row at most (evenly spaced).")
 def inspect(shards: tuple[str, ...], sheet: str | None, samples: int, max_frames: int) -> None:
     """Count what SHARDS hold (a shard directory, patterns or files) and draw a contact sheet."""
     from pipeline.contact_sheet import InspectConfig, inspect_shards
 
-    try:
+    with _reported(options=True):
         config = InspectConfig(list(shards), sheet=sheet, samples=samples, max_frames=max_frames)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    try:
+    with _reported():
         report = inspect_shards(config)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(report.format())
 
 
@@ -182,32 +201,14 @@ def eval_(quiet: bool, **options: object) -> None:
     """Encode the test shards with U uniform frames, rank, print and write metrics.json."""
     from mof.evaluate import EvalConfig, evaluate, format_report
 
-    try:
+    with _reported(options=True):
         config = EvalConfig(progress=not quiet, **options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    try:
+    with _reported():
         report = evaluate(config)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(format_report(report))
 
 
 # --- index / search / serve ------------------------------------------------------------------
-
-
-def _run(make_config: Callable[[], Any], work: Callable[[Any], Any]) -> Any:
-    """``work(make_config())``: a bad setting is a usage error, a failure of the work a clean
-    error message (a KeyError's message without its quotes)."""
-    try:
-        config = make_config()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    try:
-        return work(config)
-    except (KeyError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        raise click.ClickException(str(message)) from exc
 
 
 @main.command("index")
@@ -230,8 +231,10 @@ def index_(shards: tuple[str, ...], quiet: bool, **options: object) -> None:
     """Encode every video of the shards at U uniform frames into a search index (resumable)."""
     from mof.search import IndexConfig, build_index
 
-    summary = _run(lambda: IndexConfig(shards=list(shards), progress=not quiet, **options),
-                   build_index)
+    with _reported(options=True):
+        config = IndexConfig(shards=list(shards), progress=not quiet, **options)
+    with _reported():
+        summary = build_index(config)
     click.echo(summary.format())
 
 
@@ -253,7 +256,10 @@ def search(as_json: bool, **options: object) -> None:
     from mof.search import SearchConfig, format_results
     from mof.search import search as run_search
 
-    answer = _run(lambda: SearchConfig(**options), run_search)
+    with _reported(options=True):
+        config = SearchConfig(**options)
+    with _reported():
+        answer = run_search(config)
     click.echo(format_results(answer, as_json=as_json))
 
 
@@ -269,12 +275,13 @@ def serve(**options: object) -> None:
     """A local web page searching INDEX: query box, thumbnail strips, click to play."""
     from mof.search import ServeConfig, serve_index
 
-    _run(lambda: ServeConfig(**options), lambda config: serve_index(config, announce=click.echo))
+    with _reported(options=True):
+        config = ServeConfig(**options)
+    with _reported():
+        serve_index(config, announce=click.echo)
 
 
 # --- train / export-frames -----------------------------------------------------------------
-
-from mof.train.cli_options import config_from_options, train_options
 
 
 @main.command()
@@ -285,13 +292,12 @@ def train(quiet: bool, **options: object) -> None:
     Works under `torchrun --nproc_per_node N $(which mof-cli) train ...` (NCCL on GPU, gloo on
     CPU). Writes RUN_DIR/config.yaml, metrics.csv, tb/, checkpoints/{last,best} and mof.zarr.
     """
-    config = config_from_options(options)
+    with _reported(options=True):
+        config = config_from_options(options)
     from mof.train import train as run_training
 
-    try:
+    with _reported():
         run_training(config, progress=not quiet)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @main.command("export-frames")
@@ -315,24 +321,15 @@ def export_frames_(ids: tuple[str, ...], shards: tuple[str, ...], quiet: bool,
     """Write a run's learned MOF frames beside its regular and initial frames (Fig. 7 grids)."""
     from mof.export import ExportConfig, export_frames, format_summary
 
-    try:
+    with _reported(options=True):
         config = ExportConfig(ids=list(ids), shards=list(shards) or None, progress=not quiet,
                               **options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    try:
+    with _reported():
         summary = export_frames(config)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        raise click.ClickException(str(message)) from exc
     click.echo(format_summary(summary))
 
 
 # --- reproduce -----------------------------------------------------------------------------
-
-# light imports (click and yaml only): the command's work is imported inside it
-from mof.reproduce.cli_options import config_from_options as table4_config
-from mof.reproduce.cli_options import table4_options
 
 
 @main.group()
@@ -346,13 +343,12 @@ def reproduce_table4(**options: object) -> None:
     """Table IV: baselines at 1/4/8/32 frames and MOF 16:1, 8:4, 16:4, 8:8, 32:8, several
     seeds each (synth → shard → train → eval per cell, reusing finished work), then
     RESULTS/table4.{md,csv,png} and curves.png."""
-    config = table4_config(options)
+    with _reported(options=True):
+        config = table4_config(options)
     from mof.reproduce import reproduce_table4 as run_table4
 
-    try:
+    with _reported():
         summary = run_table4(config)
-    except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(summary.format())
     if summary.failed:
         raise click.ClickException(f"{len(summary.failed)} cells failed (see error.txt in "

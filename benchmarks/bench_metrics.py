@@ -45,7 +45,8 @@ def _run(name: str, sim: torch.Tensor, q2v: torch.Tensor) -> None:
     seconds = time.perf_counter() - start
     extra = _status_mib("VmHWM") - before
     tied = int((counts.t2v_tied > 0).sum())
-    print(f"\n{name}: {tuple(sim.shape)} {sim.dtype}, matrix {sim.numel() * sim.element_size() / 2**20:.0f} MiB;"
+    mib = sim.numel() * sim.element_size() / 2**20
+    print(f"\n{name}: {tuple(sim.shape)} {sim.dtype}, matrix {mib:.0f} MiB;"
           f" ranking {seconds:.2f} s, peak RSS +{extra:.0f} MiB; queries tied at the GT: {tied}")
     print(f"  {'convention':<12} {'t2v R@1':>8} {'t2v MedR':>9} {'t2v MeanR':>10}"
           f" {'v2t R@1':>8} {'v2t MedR':>9} {'v2t MeanR':>10}")

@@ -78,7 +78,8 @@ def main() -> None:
     args.nprobe = [int(p) for p in args.nprobe.split(",")]
     rng = np.random.default_rng(args.seed)
     print(f"random unit vectors, D={args.dim}, {args.queries} random queries, K={args.k}, "
-          f"search on {args.threads} thread(s), build on {args.build_threads}, {os.cpu_count()} CPUs")
+          f"search on {args.threads} thread(s), build on {args.build_threads}, "
+          f"{os.cpu_count()} CPUs")
     print(f"| videos | search | nprobe | latency ms (median) | recall@{args.k} | build s |")
     print("|---:|---|---:|---:|---:|---:|")
     for size in (int(float(s)) for s in args.sizes.split(",")):

@@ -1,7 +1,8 @@
 """Text-to-patch attention maps of the first video block, and their overlay on frames.
 
-What is shown (Frozen models, :class:`~mof.models.frozen.FrozenInTime`): for a caption and a
-video of F frames with N = (H / patch)² patches each,
+Any model whose contract declares ``has_patch_readout`` (:mod:`mof.models.contract`) can be
+read. For Frozen (:class:`~mof.models.frozen.FrozenInTime`), what is shown for a caption and a
+video of F frames with N = (H / patch)² patches each is
 
     t        = encode_text(caption)                    the projected text [CLS] embedding (D_p,)
     x_{f,p}  = output of video block 0 at patch p of frame f                        (D,)
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mof.models.base import RetrievalModel
+from mof.models.contract import RetrievalModel
 
 __all__ = ["ATTENTION_DEFINITION", "overlay_attention", "supports_attention",
            "text_patch_attention"]
@@ -34,11 +35,8 @@ ATTENTION_DEFINITION = ("softmax over each frame's patches of cos(text [CLS] emb
 
 
 def supports_attention(model: RetrievalModel) -> bool:
-    """Whether :func:`text_patch_attention` can read ``model`` (Frozen's video transformer)."""
-    video = getattr(model, "video_model", None)
-    return (hasattr(model, "vid_proj") and hasattr(model, "temperature")
-            and hasattr(video, "blocks") and len(video.blocks) > 0 and hasattr(video, "norm")
-            and hasattr(video, "patches_per_frame"))
+    """Whether :func:`text_patch_attention` can read ``model`` (its contract says so)."""
+    return model.has_patch_readout
 
 
 @torch.no_grad()
@@ -47,7 +45,7 @@ def text_patch_attention(model: RetrievalModel, video: torch.Tensor, caption: st
     """The first block's text-to-patch attention map of one video (see the module doc).
 
     Args:
-        model: a Frozen model (:func:`supports_attention`); run in eval mode here.
+        model: a model with a patch readout (:func:`supports_attention`); run in eval mode.
         video: ``(F, 3, H, W)`` normalised frames of one video.
         caption: the query whose embedding attends.
 
@@ -55,27 +53,20 @@ def text_patch_attention(model: RetrievalModel, video: torch.Tensor, caption: st
         float32 ``(F, g, g)``, each frame's map summing to one (``g = H / patch``).
 
     Raises:
-        ValueError: ``model`` has no Frozen video transformer.
+        ValueError: ``model`` has no patch readout.
     """
     if not supports_attention(model):
         raise ValueError(f"{type(model).__name__} has no first-block patch tokens to read")
     was_training = model.training
     model.eval()
-    captured: list[torch.Tensor] = []
-    hook = model.video_model.blocks[0].register_forward_hook(
-        lambda _module, _inputs, output: captured.append(output))
     try:
         text = model.tokenize([caption])
         text_emb = model.encode_text(text["input_ids"], text["attention_mask"])  # (1, D_p)
-        model.encode_video(video[None])
+        z = model.patch_embeddings(video[None])[0]  # (F, N, D_p)
     finally:
-        hook.remove()
         model.train(was_training)
-    frames, n = video.shape[0], model.video_model.patches_per_frame
-    patches = captured[0][0, 1:].reshape(frames, n, -1)  # drop CLS; frame-major tokens
-    z = model.vid_proj(model.video_model.norm(patches))  # (F, N, D_p)
-    cos = F.cosine_similarity(z, text_emb.reshape(1, 1, -1), dim=-1, eps=1e-8)
-    attn = (cos / model.temperature).softmax(dim=-1)
+    frames, n = z.shape[:2]
+    attn = model.logits(text_emb, z.reshape(frames * n, -1)).reshape(frames, n).softmax(dim=-1)
     side = round(n**0.5)
     return attn.reshape(frames, side, side).float().numpy()
 

@@ -127,7 +127,8 @@ def inner_gradient(
     """∇_Θ and ∇_ε of L_c(Θ; ε) from one forward-backward (no graph kept).
 
     The model-level step computes exactly this pass; a trainer that evaluates it at the Θ the
-    frame-level step starts from can hand it to :func:`mof.bilevel.meta_gradient` as ``shared_inner_grad``.
+    frame-level step starts from can hand it to :func:`mof.bilevel.meta_gradient` as
+    ``shared_inner_grad``.
 
     Args:
         loss_fn: the loss as a function of a parameter dict and a video batch.

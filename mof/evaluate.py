@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import yaml
 
 from mof.metrics import CONVENTIONS, count_ranks, summarize
-from mof.models.base import RetrievalModel
+from mof.models.contract import RetrievalModel
 from mof.split_encoding import (
     device_problem,
     encode_texts,
@@ -319,7 +319,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         FileNotFoundError: no model behind ``--checkpoint``, or missing shards.
         ValueError: see :func:`evaluate_model`; ``--model`` differing from the checkpoint's.
     """
-    from pipeline.index import atomic_write_bytes, atomic_write_json
+    from pipeline.atomic import atomic_write_bytes, atomic_write_json
     from pipeline.reader import resolve_shards
 
     shards = resolve_shards(config.shards)
@@ -333,7 +333,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     result.frames["from"] = frames_from
     out = Path(config.out or config.checkpoint)
     report = result.to_dict()
-    report["model"] = {**source, "spec": getattr(model, "spec", {}),
+    report["model"] = {**source, "spec": model.spec,
                        "contract": model.contract.to_dict()}
     report["config"] = {**dataclasses.asdict(config), "frames": frames, "out": str(out)}
     report["versions"] = {"torch": torch.__version__, "numpy": np.__version__}
@@ -355,7 +355,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"queries; {model['name']} ({model['source']}); U={frames['used']} of "
         f"R={frames['stored']} frames; {report['device']}"
         + (f" ({report['autocast']} autocast)" if report["autocast"] else ""),
-        f"{'':6}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'MedR':>8}{'MeanR':>9}   ({report['convention']} ties)",
+        f"{'':6}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'MedR':>8}{'MeanR':>9}"
+        f"   ({report['convention']} ties)",
     ]
     for direction in ("t2v", "v2t"):
         m = report["metrics"][direction]

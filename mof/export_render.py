@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.index import atomic_write_bytes
+from pipeline.atomic import atomic_write_bytes
 
 __all__ = ["denormalize", "index_html", "mix_strips", "png_bytes", "render_grid", "write_pngs"]
 

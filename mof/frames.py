@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mof.models.base import InputContract
+from mof.models.contract import InputContract
 
 __all__ = ["to_model_input"]
 

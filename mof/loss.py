@@ -1,7 +1,7 @@
 """Symmetric InfoNCE (the paper's Eqs. 1-3) over a batch of paired texts and videos.
 
 The model computes the logits (temperature or learnable scale included, see
-:meth:`mof.models.base.RetrievalModel.logits`); this module only turns them into a scalar.
+:meth:`mof.models.contract.RetrievalModel.logits`); this module only turns them into a scalar.
 
 Two reductions cover the two peer recipes:
 

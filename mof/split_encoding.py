@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from mof.frames import to_model_input
-from mof.models.base import RetrievalModel
+from mof.models.contract import RetrievalModel
 from pipeline.records import ShardSample
 
 __all__ = ["autocast_for", "count_videos", "device_problem", "encode_texts", "encode_video_batches",
@@ -28,16 +28,14 @@ __all__ = ["autocast_for", "count_videos", "device_problem", "encode_texts", "en
 @contextlib.contextmanager
 def eval_mode(model: RetrievalModel) -> Iterator[None]:
     """Eval mode with fused attention, restoring both afterwards (the trainer's model)."""
-    was_training, attention = model.training, getattr(model, "attention", None)
+    was_training, attention = model.training, model.attention
     model.eval()
-    with contextlib.suppress(NotImplementedError, ValueError):
-        model.set_attention("fused")
+    model.set_attention("fused")
     try:
         yield
     finally:
         model.train(was_training)
-        if attention is not None:
-            model.set_attention(attention)
+        model.set_attention(attention)
 
 
 def device_problem(name: str) -> str | None:

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.index import ERRORS_NAME, atomic_write_bytes, read_errors
+from pipeline.atomic import atomic_write_bytes
+from pipeline.index import ERRORS_NAME, read_errors
 from pipeline.shard_samples import iter_shard, resolve_shards
 
 __all__ = [

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import MofError
+
 __all__ = [
     "BACKENDS",
     "DecodeError",
@@ -36,7 +38,7 @@ __all__ = [
 BACKENDS = ("ffmpeg", "dali", "auto")
 
 
-class DecodeError(Exception):
+class DecodeError(MofError):
     """A video that cannot be decoded.
 
     Attributes:

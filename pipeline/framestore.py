@@ -300,7 +300,8 @@ class FrameStore:
         if "mix_logits" in cast and cast["mix_logits"].shape[1:] != self._arrays[
                 "mix_logits"].shape[1:]:
             raise ValueError(f"mix arrays of shape {cast['mix_logits'].shape} do not fit rows "
-                             f"of this store: expected (n, *{self._arrays['mix_logits'].shape[1:]})")
+                             "of this store: expected "
+                             f"(n, *{self._arrays['mix_logits'].shape[1:]})")
         finite = np.isfinite(cast["frames"].reshape(len(rows), -1)).all(axis=1)
         if not finite.all():
             raise ValueError(f"non-finite frames (NaN/inf after casting to "

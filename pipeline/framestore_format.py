@@ -35,9 +35,7 @@ The group's attributes record what the store was built for (``U``, ``R``, ``H``,
 from __future__ import annotations
 
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,9 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 import zarr.codecs
+
+from pipeline.atomic import atomic_directory
+from pipeline.errors import MofError
 
 __all__ = [
     "EXPECTABLE",
@@ -81,7 +82,7 @@ EXPECTABLE = ("U", "R", "H", "W", "mean", "std", "dataset", "shards", "dtype", "
               "frame_param")
 
 
-class FrameStoreMismatchError(ValueError):
+class FrameStoreMismatchError(MofError, ValueError):
     """The store on disk was built for another run (other U, size, dataset, shards...)."""
 
 
@@ -263,35 +264,32 @@ def create_store(
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"frame store {path} exists (pass overwrite=True to replace)")
-    # Build under a temporary name and rename: a store directory is never half-created.
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    group = zarr.open_group(tmp, mode="w-")
-    shape = (len(video_ids), num_frames, 3, frame_size, frame_size)
-    for name, dt in (("frames", dtype), ("exp_avg", exp_avg_dtype), ("exp_avg_sq", "float32")):
-        group.create_array(name, shape=shape, chunks=(1, *shape[1:]), dtype=dt,
-                           fill_value=0.0, compressors=_compressors(compression))
-    if frame_param == "mix":
-        mix_shape = (len(video_ids), num_frames, regular_frames)
-        for name in MIX_FIELDS:
-            group.create_array(name, shape=mix_shape, chunks=(1, *mix_shape[1:]),
-                               dtype="float32", fill_value=0.0,
-                               compressors=_compressors(compression))
-    group.create_array("step", shape=shape[:1], chunks=(1,), dtype="int64", fill_value=-1)
-    ids = group.create_array("video_ids", shape=shape[:1], chunks=shape[:1], dtype=str)
-    ids[:] = np.asarray(video_ids)
-    group.attrs.update({
-        "format_version": FRAME_STORE_FORMAT_VERSION,
-        "U": int(num_frames), "R": int(regular_frames),
-        "H": int(frame_size), "W": int(frame_size),
-        "mean": [float(m) for m in mean], "std": [float(s) for s in std],
-        "dataset": str(dataset), "shards": [str(s) for s in shards],
-        "dtype": dtype, "exp_avg_dtype": exp_avg_dtype, "compression": compression,
-        "num_videos": len(video_ids), "last_phase": -1, "initialised_rows": 0,
-        "frame_param": frame_param,
-    })
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    # Built under a temporary name and swapped in: a store directory is never half-created.
+    with atomic_directory(path) as tmp:
+        group = zarr.open_group(tmp, mode="w")
+        shape = (len(video_ids), num_frames, 3, frame_size, frame_size)
+        for name, dt in (("frames", dtype), ("exp_avg", exp_avg_dtype), ("exp_avg_sq", "float32")):
+            group.create_array(name, shape=shape, chunks=(1, *shape[1:]), dtype=dt,
+                               fill_value=0.0, compressors=_compressors(compression))
+        if frame_param == "mix":
+            mix_shape = (len(video_ids), num_frames, regular_frames)
+            for name in MIX_FIELDS:
+                group.create_array(name, shape=mix_shape, chunks=(1, *mix_shape[1:]),
+                                   dtype="float32", fill_value=0.0,
+                                   compressors=_compressors(compression))
+        group.create_array("step", shape=shape[:1], chunks=(1,), dtype="int64", fill_value=-1)
+        ids = group.create_array("video_ids", shape=shape[:1], chunks=shape[:1], dtype=str)
+        ids[:] = np.asarray(video_ids)
+        group.attrs.update({
+            "format_version": FRAME_STORE_FORMAT_VERSION,
+            "U": int(num_frames), "R": int(regular_frames),
+            "H": int(frame_size), "W": int(frame_size),
+            "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+            "dataset": str(dataset), "shards": [str(s) for s in shards],
+            "dtype": dtype, "exp_avg_dtype": exp_avg_dtype, "compression": compression,
+            "num_videos": len(video_ids), "last_phase": -1, "initialised_rows": 0,
+            "frame_param": frame_param,
+        })
     return path
 
 

@@ -1,4 +1,4 @@
-"""Overlap frame-store I/O with compute: prefetch the next batch's rows, write back in the background.
+"""Overlap frame-store I/O with compute: prefetch the next batch's rows, write back behind it.
 
 A MOF phase reads the rows of its batch, computes for a while, and writes them back. Zarr is
 CPU-bound (a few ms per chunk), so :class:`AsyncFrameIO` moves both directions onto threads:

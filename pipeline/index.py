@@ -1,4 +1,4 @@
-"""The shard directory's bookkeeping: file names, atomic writes, ``index.json`` and errors.
+"""The shard directory's bookkeeping: file names, ``index.json`` and errors.
 
 A shard directory written by :func:`pipeline.shard.write_shards` holds
 
@@ -15,10 +15,12 @@ A shard directory written by :func:`pipeline.shard.write_shards` holds
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 from pathlib import Path
 from typing import Any
+
+from pipeline.atomic import atomic_write_bytes, atomic_write_json
+from pipeline.errors import MofError
 
 __all__ = [
     "CONTENT_KEYS",
@@ -26,8 +28,6 @@ __all__ = [
     "INDEX_NAME",
     "RUN_CONFIG_NAME",
     "ShardIndexError",
-    "atomic_write_bytes",
-    "atomic_write_json",
     "build_index",
     "config_differences",
     "describe_shard",
@@ -61,41 +61,8 @@ CONTENT_KEYS = (
 )
 
 
-class ShardIndexError(RuntimeError):
+class ShardIndexError(MofError, RuntimeError):
     """An index or a set of partial indexes is inconsistent with the shards on disk."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
-
-    The bytes go to a temporary name in the same directory (unique per process, so that two
-    nodes writing the same file do not collide), are fsynced, and the file is renamed.
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON with :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def shard_name(dataset: str, split: str, index: int) -> str:

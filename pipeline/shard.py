@@ -23,10 +23,11 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
+from pipeline.atomic import TEMP_SUFFIX, atomic_write_json, temporaries
+from pipeline.errors import MofError
 from pipeline.index import (
     INDEX_NAME,
     RUN_CONFIG_NAME,
-    atomic_write_json,
     build_index,
     config_differences,
     errors_sidecar,
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 
-class ShardConfigMismatch(RuntimeError):
+class ShardConfigMismatch(MofError, RuntimeError):
     """``--out`` already holds shards of a run with different content settings."""
 
 
@@ -229,10 +230,10 @@ def _prepare_out(out: Path, resolved: dict[str, Any], own: list[ShardTask], sing
     """
     out.mkdir(parents=True, exist_ok=True)
     # On a shared directory other nodes may be mid-write: sweep only what this node owns.
-    owned = {f"{t.name}.tmp" for t in own}
-    for tmp in out.glob("*.tmp"):
-        if single or tmp.name in owned:
-            tmp.unlink(missing_ok=True)
+    stale = out.glob(f"*{TEMP_SUFFIX}") if single else (
+        tmp for t in own for tmp in temporaries(out / t.name))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
     saved_path = out / RUN_CONFIG_NAME
     if saved_path.exists():
         diffs = config_differences(json.loads(saved_path.read_text()), resolved)

@@ -21,7 +21,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.index import atomic_write_bytes, errors_sidecar, read_errors
+from pipeline.atomic import atomic_write_bytes
+from pipeline.index import errors_sidecar, read_errors
 from pipeline.shard_worker import ShardTask
 
 __all__ = ["current_errors", "reconcile_errors", "retry_shards", "retry_tasks", "shard_names"]

@@ -23,6 +23,7 @@ import numpy as np
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from pipeline.errors import MofError
 from pipeline.index import read_index
 from pipeline.records import ShardSample
 
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 
-class ShardReadError(RuntimeError):
+class ShardReadError(MofError, RuntimeError):
     """A shard or one of its samples cannot be read; the message names shard and key."""
 
 

@@ -1,9 +1,10 @@
 """The unit of work of ``mof-cli shard``: one whole shard, decoded and written crash-safely.
 
 The plan is deterministic: records sorted by video id, video ``k`` in shard ``k // shard_size``.
-A worker writes a shard to ``<name>.tmp`` with WebDataset's ``TarWriter``, fsyncs it, commits
-the shard's error records beside it and only then renames the tar to its final name, so a shard
-under its final name is always complete and its errors are always on disk with it.
+A worker writes a shard with WebDataset's ``TarWriter`` under a temporary name
+(:func:`pipeline.atomic.atomic_path`), commits the shard's error records beside it and only then
+fsyncs and renames the tar to its final name, so a shard under its final name is always complete
+and its errors are always on disk with it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
-from pipeline.index import atomic_write_bytes, errors_sidecar, shard_name
+from pipeline.atomic import atomic_path, atomic_write_bytes
+from pipeline.index import errors_sidecar, shard_name
 from pipeline.records import SHARD_FORMAT_VERSION, VideoRecord
 
 __all__ = [
@@ -175,6 +177,10 @@ _TAR_OPTIONS: dict[str, Any] = {
 }
 
 
+class _NothingToCommit(Exception):
+    """A retry shard whose videos all failed again: no shard is committed."""
+
+
 def write_one_shard(
     task: ShardTask, settings: WorkerSettings, on_video: Callable[[bool], None] | None = None
 ) -> ShardResult:
@@ -189,35 +195,32 @@ def write_one_shard(
         The shard's counts.
     """
     out = Path(settings.out)
-    final = out / task.name
-    tmp = out / f"{task.name}.tmp"
     sidecar = out / errors_sidecar(task.name)
     # A sidecar left by an interrupted attempt could describe errors that no longer occur.
     sidecar.unlink(missing_ok=True)
     errors: list[dict[str, Any]] = []
     samples = 0
-    with open(tmp, "wb") as stream:
-        # Each sample's members adjacent, in field order (webdataset's TarWriter sorts them).
-        with wds.TarWriter(stream, **_TAR_OPTIONS) as tar:
-            for record, key in zip(task.records, task.keys):
-                sample, error = _encode_video(record, key, settings)
-                if error is None:
-                    tar.write(sample)
-                    samples += 1
-                else:
-                    errors.append({**error, "shard": task.name})
-                if on_video is not None:
-                    on_video(error is not None)
-        stream.flush()
-        os.fsync(stream.fileno())
-    if not samples and not settings.commit_empty:
-        tmp.unlink()
+    try:
+        with atomic_path(out / task.name) as tmp:
+            # Each sample's members adjacent, in field order (TarWriter sorts them).
+            with open(tmp, "wb") as stream, wds.TarWriter(stream, **_TAR_OPTIONS) as tar:
+                for record, key in zip(task.records, task.keys):
+                    sample, error = _encode_video(record, key, settings)
+                    if error is None:
+                        tar.write(sample)
+                        samples += 1
+                    else:
+                        errors.append({**error, "shard": task.name})
+                    if on_video is not None:
+                        on_video(error is not None)
+            if not samples and not settings.commit_empty:
+                raise _NothingToCommit
+            if errors:  # committed before the tar is renamed: a final shard has its errors
+                atomic_write_bytes(
+                    sidecar,
+                    "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
+    except _NothingToCommit:  # atomic_path has removed the temporary tar
         return ShardResult(task.name, len(task.records), 0, len(errors), committed=False)
-    if errors:
-        atomic_write_bytes(
-            sidecar, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode()
-        )
-    os.replace(tmp, final)
     return ShardResult(task.name, len(task.records), samples, len(errors))
 
 
@@ -229,7 +232,7 @@ _PROGRESS: Any = None
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to SIGKILL this worker when its parent dies.
 
-    A parent killed with SIGKILL cannot stop its workers; an orphan still writing ``*.tmp``
+    A parent killed with SIGKILL cannot stop its workers; an orphan still writing a temporary
     files would race with the re-run that sweeps and rewrites them.
     """
     try:

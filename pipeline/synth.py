@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline.atomic import atomic_write_text, atomic_write_yaml, remove_temporaries
+from pipeline.errors import MofError
 from pipeline.sampling import segment_midpoints
 from pipeline.synth_captions import caption_video
 from pipeline.synth_grammar import (
@@ -60,11 +61,11 @@ TIMELINE_NAME = "timeline.jsonl"
 ERRORS_NAME = "errors.jsonl"
 
 
-class SynthConfigError(ValueError):
+class SynthConfigError(MofError, ValueError):
     """The output directory holds a dataset generated with other settings."""
 
 
-class SynthError(RuntimeError):
+class SynthError(MofError, RuntimeError):
     """Some videos could not be generated (listed in ``DIR/errors.jsonl``)."""
 
 
@@ -212,12 +213,6 @@ def plan_dataset(cfg: SynthConfig) -> list[VideoPlan]:
     return plans
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _prepare_dir(cfg: SynthConfig) -> Path:
     """Check ``cfg.out`` against the saved settings, save them, clear stale temp files."""
     out, wanted = cfg.out, cfg.settings()
@@ -235,10 +230,9 @@ def _prepare_dir(cfg: SynthConfig) -> Path:
                                "write a synthetic dataset into it")
     videos = out / "videos"
     videos.mkdir(parents=True, exist_ok=True)
-    _write_atomic(saved_path, yaml.safe_dump(wanted, sort_keys=False))
+    atomic_write_yaml(saved_path, wanted)
     # Left by an interrupted run; a video only exists under its final name once complete.
-    for stale in videos.glob("*.partial"):
-        stale.unlink()
+    remove_temporaries(videos)
     return videos
 
 
@@ -315,14 +309,14 @@ def generate_synthetic(cfg: SynthConfig) -> SynthSummary:
     failed = sorted((vid, err) for vid, _, err in results if err is not None)
     errors_path = cfg.out / ERRORS_NAME
     if failed:
-        _write_atomic(errors_path, "".join(
+        atomic_write_text(errors_path, "".join(
             json.dumps({"video_id": v, "error": e}) + "\n" for v, e in failed))
         raise SynthError(f"{len(failed)} of {len(plans)} videos failed, first: {failed[0][0]}: "
                          f"{failed[0][1]}; see {errors_path}")
     errors_path.unlink(missing_ok=True)
-    _write_atomic(cfg.out / TIMELINE_NAME, "".join(_plan_json(p) + "\n" for p in plans))
+    atomic_write_text(cfg.out / TIMELINE_NAME, "".join(_plan_json(p) + "\n" for p in plans))
     # Last, so that a complete annotation file means a complete dataset.
-    _write_atomic(cfg.out / ANNOTATIONS_NAME, "".join(json.dumps({
+    atomic_write_text(cfg.out / ANNOTATIONS_NAME, "".join(json.dumps({
         "video_id": p.video_id, "path": f"videos/{p.video_id}.mp4",
         "captions": [c.text for c in p.captions], "split": p.split}) + "\n" for p in plans))
     return SynthSummary(

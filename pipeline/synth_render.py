@@ -7,11 +7,11 @@ runs one worker per core.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import atomic_path
 from pipeline.synth_grammar import BACKGROUND, PALETTE, Sprite, VideoPlan
 
 __all__ = ["decode_mp4", "encode_mp4", "render_video", "sprite_state", "visible_colours"]
@@ -88,7 +88,7 @@ def render_video(plan: VideoPlan) -> np.ndarray:
 def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int) -> int:
     """Encode frames as H.264 (yuv420p) in MP4, atomically.
 
-    The file is written to ``<path>.partial`` and renamed, so ``path`` exists only when whole.
+    The file is written under a temporary name and renamed, so ``path`` exists only when whole.
 
     Args:
         frames: uint8 ``(T, H, W, 3)`` RGB; H and W even.
@@ -101,8 +101,7 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int) -> int:
     """
     import av
 
-    tmp = path.with_name(path.name + ".partial")
-    with av.open(str(tmp), "w", format="mp4") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -114,7 +113,6 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int) -> int:
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
-    os.replace(tmp, path)
     return path.stat().st_size
 
 

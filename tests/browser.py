@@ -9,6 +9,7 @@ no websocket library and no browser download, only the ``chromium`` Debian packa
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -52,7 +53,8 @@ class Browser:
         args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--mute-audio", "--remote-debugging-pipe", f"--user-data-dir={profile}",
                 f"--window-size={width},{height}", "about:blank"]
-        # bash (dash refuses descriptors above 9) puts our pipe ends at the descriptors 3 and 4 Chromium expects.
+        # bash (dash refuses descriptors above 9) puts our pipe ends at the descriptors 3 and 4
+        # Chromium expects.
         script = (f'exec "$@" 3<&{to_browser_r} 4>&{from_browser_w} '
                   f"{to_browser_r}<&- {from_browser_w}>&-")
         self.process = subprocess.Popen(["bash", "-c", script, "bash", *args],
@@ -146,10 +148,8 @@ class Browser:
         return path
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, TimeoutError, OSError):
             self.send("Browser.close", timeout=5)
-        except (RuntimeError, TimeoutError, OSError):
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import single_thread
 
 from mof.bilevel import inner_gradient, make_loss_fn, meta_gradient
 from mof.loss import contrastive_loss
@@ -29,7 +28,7 @@ B, U, R = 4, 2, 4
 FD_STEP = {"resnet-tiny": 1e-5}
 
 
-one_thread = pytest.fixture(autouse=True)(single_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _phase_inputs(name: str, seed: int):

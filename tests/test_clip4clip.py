@@ -150,6 +150,7 @@ def _text_ids(length: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, (ids > 0).long()
 
 
+@pytest.mark.slow  # full-size weights
 def test_clip4clip_checkpoint_full_size(full):
     ref, state, path, model = full
     assert len(state) == 302 and all(k.startswith("clip.") for k in state)
@@ -168,6 +169,7 @@ def test_clip4clip_checkpoint_full_size(full):
         torch.testing.assert_close(model.logits(ours_t, ours_v)[0], expected)
 
 
+@pytest.mark.slow  # full-size weights
 def test_inverse_map_gives_clip4clip_keys(full):
     _, state, _, model = full
     exported = hf_to_openai(model.clip.state_dict())
@@ -216,6 +218,7 @@ def test_float32_checkpoint_loads_saves_and_reloads(tmp_path):
         torch.testing.assert_close(reloaded[key], value, atol=0, rtol=0, msg=key)
 
 
+@pytest.mark.slow  # full-size weights
 def test_transformers_clip_directory_full_size(full, tmp_path):
     _, _, _, model = full
     model.clip.save_pretrained(tmp_path / "clip")
@@ -359,6 +362,7 @@ def test_grad_checkpointing_keeps_gradients(tiny):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.slow  # full-size weights
 def test_full_size_defaults_and_tokenizer_error(full):
     model = full[3]
     contract = model.contract

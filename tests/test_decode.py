@@ -65,7 +65,7 @@ def test_segment_midpoints_against_definition():
             got = segment_midpoints(n, r)
             assert got == _midpoints_by_definition(n, r), (n, r)
             assert len(got) == r and got == sorted(got)
-            assert 0 <= got[0] and got[-1] < n
+            assert got[0] >= 0 and got[-1] < n
             if n >= r:
                 assert len(set(got)) == r, (
                     n,

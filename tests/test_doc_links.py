@@ -1,4 +1,5 @@
-"""Every relative link in README.md and docs/ resolves: to a file, and to a heading when it names one.
+"""Every relative link in README.md and docs/ resolves: to a file, and to a heading when it
+names one.
 
 Run as a script (``python tests/test_doc_links.py``) to list the broken links.
 """

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_train import session_train_data, single_thread, tiny_config
 
 from cli import main
 from mof.export import ExportConfig, export_frames
@@ -26,9 +25,9 @@ from mof.train import train
 from pipeline.framestore import FrameStore
 from pipeline.reader import iter_shard, resolve_shards
 from pipeline.sampling import uniform_subset
+from tests.train_data import tiny_config
 
-train_data = pytest.fixture(scope="session")(session_train_data)
-one_thread = pytest.fixture(autouse=True)(single_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 R, U, SIZE = 8, 2, 64
 

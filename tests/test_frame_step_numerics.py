@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_train import session_train_data, single_thread, tiny_config
 
 from mof.models import create_model, list_models
 from mof.models.tokenizer import WordTokenizer
@@ -26,6 +25,7 @@ from mof.train.phases import (
 from mof.train.store_setup import check_store_resolution, frozen_fraction
 from mof.train.trainer import Trainer
 from pipeline.framestore import FrameStore
+from tests.train_data import tiny_config
 
 TINY = list_models("*-tiny")
 CAPTIONS = ["a man is cooking pasta in a kitchen", "a dog runs across the park",
@@ -35,8 +35,7 @@ CAPTIONS = ["a man is cooking pasta in a kitchen", "a dog runs across the park",
 B, U, R = 8, 2, 4
 ALPHA, BETA = 1e-5, 8e-4  # the paper's MSR-VTT recipe
 
-one_thread = pytest.fixture(autouse=True)(single_thread)
-train_data = pytest.fixture(scope="module")(session_train_data)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fitted(name: str, steps: int = 40):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mof.frames import to_model_input
-from mof.models.base import InputContract
+from mof.models.contract import InputContract
 
 CONTRACT = InputContract(
     frame_size=16, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),

@@ -267,7 +267,8 @@ _WRITER = textwrap.dedent("""
     import os, sys, time
     import numpy as np
     from pipeline.framestore import FrameStore, FrameRows
-    path, rows, go, rounds = sys.argv[1], [int(r) for r in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4])
+    path, go, rounds = sys.argv[1], sys.argv[3], int(sys.argv[4])
+    rows = [int(r) for r in sys.argv[2].split(",")]
     store = FrameStore.open(path, "r+")
     state = store.read(rows, allow_uninitialised=True)
     version = int(max(state.frames.max(), state.step.max())) + 1

@@ -255,6 +255,7 @@ def _inputs(size: int, frames: int = 2):
     return torch.randn(1, frames, 3, size, size), ids, torch.ones_like(ids)
 
 
+@pytest.mark.slow  # full-size weights
 def test_frozen_checkpoint_full_size(tmp_path):
     torch.manual_seed(0)
     model = create_model("frozen", max_frames=4).eval()
@@ -326,6 +327,7 @@ def _compare_with_timm(vit, video_model):
             torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # full-size weights
 def test_timm_vit_b16_full_size(tmp_path):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)

@@ -1,20 +1,24 @@
 """The contract every registered model keeps (timm-style registry-wide tests).
 
-``*-tiny`` models run by default; the full-size ones (random init, a toy tokenizer directory,
-small inputs) are marked ``slow``.
+These tests are the "Adding a backbone" checklist of docs/models.md. ``*-tiny`` models run by
+default; the full-size ones (random init, a toy tokenizer directory, small inputs) are marked
+``slow``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from mof.models import create_model, list_models
+from mof.models import RetrievalModel, create_model, list_models, model_family
 from mof.models.io import load_model, save_model
 from mof.models.tokenizer import WordTokenizer
 from tests.tokenizer_dirs import clip_tokenizer, distilbert_tokenizer
@@ -77,6 +81,42 @@ def _batch(model, batch: int | None = None, frames: int | None = None, seed: int
 
 def test_registry_has_tiny_models():
     assert "frozen-tiny" in TINY
+
+
+def test_every_family_registers_a_tiny_variant():
+    families = {model_family(name) for name in list_models()}
+    assert {model_family(name) for name in TINY} == families
+    assert families >= {"mof.models.frozen", "mof.models.clip4clip", "mof.models.resnet"}
+
+
+def test_a_family_that_fails_to_import_fails_the_registry():
+    # A family module that cannot be imported (here: made unimportable) must not vanish
+    # from the registry silently.
+    code = "import sys; sys.modules['mof.models.resnet'] = None; import mof.models"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    assert result.returncode != 0 and "mof.models.resnet" in result.stderr
+
+
+def test_a_model_missing_a_contract_method_cannot_be_built():
+    class NoCheckpointing(RetrievalModel):
+        def tokenize(self, texts): ...
+        def encode_video(self, video, video_mask=None): ...
+        def encode_text(self, input_ids, attention_mask): ...
+        def logits(self, text_emb, video_emb): ...
+        def similarity(self, text_emb, video_emb): ...
+        def set_attention(self, mode): ...
+
+    with pytest.raises(TypeError, match="set_grad_checkpointing"):
+        NoCheckpointing()
+
+
+def test_declared_state(model):
+    assert isinstance(model, RetrievalModel)
+    assert model.spec["name"] in list_models()
+    assert model_family(model.spec["name"]) == type(model).__module__
+    assert isinstance(model.sources, dict) and model.attention in ("math", "fused")
+    assert model.tokenizer is not None
 
 
 def test_shapes_and_finite(model):
@@ -185,3 +225,58 @@ def test_masked_frames(model):
     emb = model.encode_video(video, valid)
     assert torch.isfinite(emb).all()
     torch.testing.assert_close(emb[1], model.encode_video(video[1:2])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_grad_checkpointing_changes_neither_outputs_nor_gradients(model):
+    video, ids, mask = _batch(model)
+
+    def loss_and_grads():
+        # The same dropout masks in both passes (checkpointing replays the RNG on recompute).
+        torch.manual_seed(7)
+        model.zero_grad()
+        loss = _loss(model, model(video, ids, mask))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                               if p.grad is not None}
+
+    model.train()
+    reference = loss_and_grads()
+    model.set_grad_checkpointing(True)
+    try:
+        checkpointed = loss_and_grads()
+    finally:
+        model.set_grad_checkpointing(False)
+    torch.testing.assert_close(checkpointed[0], reference[0])
+    assert checkpointed[1].keys() == reference[1].keys()
+    for name, grad in reference[1].items():
+        torch.testing.assert_close(checkpointed[1][name], grad, atol=1e-6, rtol=1e-5,
+                                   msg=name)
+
+
+def test_patch_readout_scores_each_patch_or_is_declared_absent(model):
+    video, ids, mask = _batch(model, batch=2, frames=3)
+    if not model.has_patch_readout:
+        with pytest.raises(NotImplementedError):
+            model.patch_embeddings(video)
+        return
+    tokens = model.patch_embeddings(video)
+    text = model.encode_text(ids, mask)
+    assert tokens.shape[:2] == (2, 3) and tokens.shape[-1] == text.shape[-1]
+    side = round(tokens.shape[2] ** 0.5)
+    assert side * side == tokens.shape[2]
+    scores = model.logits(text, tokens.reshape(-1, tokens.shape[-1]))
+    assert scores.shape == (2, 2 * 3 * side * side) and torch.isfinite(scores).all()
+
+
+def test_clamp_logit_scale_keeps_the_logits_bounded(model):
+    video, ids, mask = _batch(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "logit_scale" in name:
+                p.fill_(10.0)  # e^10 far above any cap
+    model.clamp_logit_scale()
+    # Cosine similarities lie in [-1, 1]: the logits stay within the scale (or 1 / temperature).
+    logits = model(video, ids, mask)
+    sim = model.similarity(model.encode_text(ids, mask), model.encode_video(video))
+    scale = (logits / sim).abs().max()
+    assert torch.isfinite(scale) and scale <= 100 * (1 + 1e-4)

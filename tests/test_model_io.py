@@ -23,6 +23,7 @@ from mof.models.io import (
     save_model,
 )
 from mof.models.tokenizer import WordTokenizer
+from pipeline.atomic import atomic_directory
 
 SMALL = {"frame_size": 32, "embed_dim": 32, "depth": 1, "num_heads": 2, "max_frames": 4,
          "text": {"dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64}}
@@ -33,13 +34,14 @@ def _tiny():
 
 
 # ------------------------------------------------------------------------ save_model/load_model
-def test_save_replaces_existing_directory_and_leaves_no_temporaries(tmp_path):
+def test_save_inside_atomic_directory_replaces_and_leaves_no_temporaries(tmp_path):
     first, second = _tiny(), _tiny()
     with torch.no_grad():
         for p in second.parameters():
             p.fill_(0.5)
-    save_model(first, tmp_path / "m")
-    save_model(second, tmp_path / "m")
+    for model in (first, second):
+        with atomic_directory(tmp_path / "m") as tmp:
+            save_model(model, tmp)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
         "model.json", "model.safetensors", "tokenizer.json"]

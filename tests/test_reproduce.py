@@ -71,6 +71,7 @@ def test_config_reports_every_problem(tmp_path):
         assert fragment in text
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_micro_grid_end_to_end(micro):
     base, first = micro["base"], micro["first"]
     assert first.outcomes == {"trained": 2} and not first.failed
@@ -97,6 +98,7 @@ def test_micro_grid_end_to_end(micro):
     assert (cell_dir(cfg, Cell(1, 16), 0) / "run" / "mof.zarr").is_dir()
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_cells_fine_tune_one_shared_warm_start(micro):
     cfg = micro["cfg"]
     where = warm_start_dir(cfg)
@@ -118,6 +120,7 @@ def test_cells_fine_tune_one_shared_warm_start(micro):
     assert off.train_config(off.cells[0], 0, "a", "b", "c").init_from is None
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_rerun_skips_finished_cells_and_adds_seeds(micro):
     second, cfg = micro["second"], micro["cfg"]
     assert second.outcomes == {"skipped": 2, "trained": 2}
@@ -128,6 +131,7 @@ def test_rerun_skips_finished_cells_and_adds_seeds(micro):
     assert third.outcomes == {"skipped": 4}
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_aggregation_matches_hand_computed_values(micro):
     cfg, results_dir = micro["cfg"], micro["base"] / "results"
     with open(results_dir / "table4.csv", newline="") as fh:
@@ -176,6 +180,7 @@ def test_mean_std_verdicts():
     assert math.isnan(mean_std([3.0]).std)
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_published_files(micro):
     published = micro["base"] / "docs"
     assert {p.name for p in published.iterdir()} >= {"table4.md", "table4.png", "curves.png",
@@ -184,7 +189,8 @@ def test_published_files(micro):
     assert "16 ⇒ 1" in text and "](table4.png)" in text and "paired by seed" in text
 
 
-def test_cli_report_only_and_usage_errors(micro, tmp_path):
+@pytest.mark.slow  # runs the micro grid
+def test_cli_report_only(micro, tmp_path):
     from cli import main
 
     base = micro["base"]
@@ -196,6 +202,11 @@ def test_cli_report_only_and_usage_errors(micro, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "4/4 finished" in result.output and (tmp_path / "r" / "table4.md").is_file()
+
+
+def test_cli_usage_errors():
+    from cli import main
+
     result = CliRunner().invoke(main, ["reproduce", "table4", "--grid", "8:16", "--seeds", "0",
                                        "--train-arg", "nokey"])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
@@ -203,6 +214,7 @@ def test_cli_report_only_and_usage_errors(micro, tmp_path):
     assert result.exit_code == 2 and "R >= U" in result.output and "--seeds" in result.output
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_diagnosis_measures_drift_and_meta_gradient_sign(micro):
     from mof.models.io import load_model
     from mof.reproduce.diagnose import frame_drift, meta_gradient_probe
@@ -223,6 +235,7 @@ def test_diagnosis_measures_drift_and_meta_gradient_sign(micro):
     assert all(-1 <= c <= 1 for c in probe["alignment"].values())
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_training_fit_scores_learned_frames_only_for_mof(micro):
     from mof.reproduce.diagnose import training_fit
 
@@ -234,6 +247,7 @@ def test_training_fit_scores_learned_frames_only_for_mof(micro):
         assert 1 <= metrics["MedR"] <= metrics["count"] and 0 <= metrics["R@1"] <= 100
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_diagnosis_report_has_every_section_and_is_published(micro, tmp_path):
     # Every cell is finished: the call only aggregates and diagnoses.
     summary = reproduce_table4(micro_config(micro["base"], seeds=2, jobs=1, diagnose=True,
@@ -254,6 +268,7 @@ def test_diagnosis_report_has_every_section_and_is_published(micro, tmp_path):
     assert len(fit_rows) == 2 and all(line.count(" / ") == 6 for line in fit_rows)
 
 
+@pytest.mark.slow  # runs the micro grid
 def test_resume_or_restart_a_run_directory(micro, tmp_path):
     import shutil
 

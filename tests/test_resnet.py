@@ -33,6 +33,7 @@ def _timm_features(net: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor:
 
 # ResNet-152 and the other file layouts run on 64 px frames: the weights are full size, the
 # forward pass (size-agnostic in a ResNet) 12 times cheaper on CPU.
+@pytest.mark.slow  # full-size weights
 @pytest.mark.parametrize(("backbone", "layout", "size"), [
     ("resnet50", "safetensors", 224), ("resnet50", "pth", 64), ("resnet50", "hf_dir", 64),
     ("resnet152", "safetensors", 64)])

@@ -19,7 +19,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from test_train import session_train_data, single_thread, tiny_config
 
 from cli import main
 from mof.evaluate import resolve_checkpoint
@@ -36,9 +35,9 @@ from mof.search import (
 from mof.train import train
 from pipeline.reader import ShardDataset, resolve_shards
 from pipeline.sampling import uniform_subset
+from tests.train_data import tiny_config
 
-train_data = pytest.fixture(scope="session")(session_train_data)
-one_thread = pytest.fixture(autouse=True)(single_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FRAMES = 4
 

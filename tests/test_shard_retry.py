@@ -40,7 +40,8 @@ def _fix(root: Path, ids: list[str]) -> None:
 
 
 def _errors(out: Path) -> list[str]:
-    return [json.loads(line)["video_id"] for line in (out / "errors.jsonl").read_text().splitlines()]
+    lines = (out / "errors.jsonl").read_text().splitlines()
+    return [json.loads(line)["video_id"] for line in lines]
 
 
 def _state(out: Path) -> dict[str, bytes]:

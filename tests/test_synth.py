@@ -60,7 +60,7 @@ def test_layout_annotations_and_summary(small):
         assert len(r["captions"]) == 5 == len(set(r["captions"]))
     assert len({tuple(sorted(r["captions"])) for r in rows}) == 16
     assert yaml.safe_load((cfg.out / "synth_config.yaml").read_text()) == cfg.settings()
-    assert not list(cfg.out.rglob("*.partial"))
+    assert not list(cfg.out.rglob("*.tmp"))
     assert (summary.generated, summary.skipped, summary.captions) == (16, 0, 80)
     assert summary.bytes == sum(p.stat().st_size for p in (cfg.out / "videos").iterdir())
 
@@ -151,13 +151,13 @@ def test_resume_after_deleting_a_video(small, tmp_path):
     generate_synthetic(SynthConfig(out=out, workers=1, **SMALL))
     victim = out / "videos/synth00003.mp4"
     victim.unlink()
-    (out / "videos/synth00005.mp4.partial").write_bytes(b"torn")  # left by a killed run
+    (out / "videos/synth00005.mp4.tmp").write_bytes(b"torn")  # left by a killed run
     before = {p.name: p.stat().st_mtime_ns for p in (out / "videos").glob("*.mp4")}
     summary = generate_synthetic(SynthConfig(out=out, workers=1, **SMALL))
     assert (summary.generated, summary.skipped) == (1, 15)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "videos").glob("*.mp4")
             if p != victim} == before
-    assert not list(out.rglob("*.partial"))
+    assert not list(out.rglob("*.tmp"))
     np.testing.assert_array_equal(decode_mp4(victim), decode_mp4(cfg.out / victim.relative_to(out)))
     assert (out / "annotations.jsonl").read_bytes() == (cfg.out / "annotations.jsonl").read_bytes()
 
@@ -181,7 +181,7 @@ def test_resume_after_the_process_is_killed(tmp_path):
     assert summary.skipped == len(done) and summary.generated == 50 - len(done)
     rows = _annotations(out)
     assert [r["video_id"] for r in rows] == [f"synth{i:05d}" for i in range(50)]
-    assert not list(out.rglob("*.partial"))
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_other_settings_on_an_existing_dataset_are_an_error(small, tmp_path):

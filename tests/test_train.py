@@ -1,7 +1,6 @@
 """The trainer end to end on tiny synthetic shards: real videos, shards, Zarr store, CPU.
 
-The shards are generated once per session (:func:`train_data`, also used by the resume and
-DDP tests): 12 training and 4 test videos of 2 s, 8 stored frames of 64 px, 3 videos a shard.
+The shards are generated once per session (the ``train_data`` fixture, :mod:`tests.train_data`).
 """
 
 from __future__ import annotations
@@ -20,56 +19,9 @@ from mof.train import ConfigError, TrainConfig, load_train_config, train
 from mof.train.phases import FrameState, frame_level_update
 from mof.train.trainer import Trainer
 from pipeline.framestore import FrameStore
+from tests.train_data import TRAIN_VIDEOS, tiny_config
 
-STORED_FRAMES = 8
-TRAIN_VIDEOS = 12
-
-
-def make_train_data(base: Path) -> dict[str, str]:
-    """Synthesise and shard the tiny dataset under ``base`` unless it is already there."""
-    from pipeline.shard import ShardConfig, write_shards
-    from pipeline.synth import SynthConfig, generate_synthetic
-
-    paths = {split: str(base / split) for split in ("train", "test")}
-    if not (base / "test" / "index.json").is_file():
-        generate_synthetic(SynthConfig(out=base / "raw", train=TRAIN_VIDEOS, test=4,
-                                       duration_s=2.0, captions=3, progress=False))
-        for split in ("train", "test"):
-            write_shards(ShardConfig(dataset="synthetic", root=str(base / "raw"), split=split,
-                                     out=paths[split], frames=STORED_FRAMES, size=64,
-                                     backend="ffmpeg", workers=2, shard_size=3),
-                         progress=False)
-    return paths
-
-
-def session_train_data(tmp_path_factory) -> dict[str, str]:
-    """The session's tiny dataset (the resume and DDP tests make it their fixture too)."""
-    return make_train_data(tmp_path_factory.getbasetemp() / "train_data")
-
-
-def single_thread():
-    """Run a test with one torch thread (the resume and DDP tests use it too).
-
-    The CPU is shared: two OpenMP threads spinning against other processes run a tiny model
-    ten times slower than one thread.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-train_data = pytest.fixture(scope="session")(session_train_data)
-one_thread = pytest.fixture(autouse=True)(single_thread)
-
-
-def tiny_config(data: dict[str, str], out: Path, **overrides) -> TrainConfig:
-    """A run of frozen-tiny that takes seconds: one epoch of 3 batches of 4 videos."""
-    settings = {"model": "frozen-tiny", "train": data["train"], "test": None, "out": str(out),
-                "frames": "8:2", "epochs": 1, "batch_size": 4, "lr": 1e-3, "workers": 0,
-                "shuffle_buffer": 4}
-    settings.update(overrides)
-    return TrainConfig(**settings)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_store(run: Path):

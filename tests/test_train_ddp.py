@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import TRAIN_VIDEOS, session_train_data, single_thread
 
 from mof.bilevel import adamw_preconditioner
 from mof.frame_mix import initial_mix_logits, mix_frames
@@ -34,9 +33,9 @@ from mof.train.phases import (
 from pipeline.framestore import FrameStore
 from pipeline.reader import resolve_shards
 from pipeline.sampling import uniform_subset
+from tests.train_data import TRAIN_VIDEOS
 
-train_data = pytest.fixture(scope="session")(session_train_data)
-one_thread = pytest.fixture(autouse=True)(single_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORLD = 2
 
@@ -119,6 +118,7 @@ VARIANTS = {"pixels": {}, "mix-adamw-k2": {"frame_param": "mix", "inner_step": "
                                            "frame_steps": 2}}
 
 
+@pytest.mark.slow  # two torchrun processes
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_torchrun_two_processes_match_single_process_replay(train_data, tmp_path, variant):
     run = tmp_path / "ddp"
@@ -132,8 +132,8 @@ def test_torchrun_two_processes_match_single_process_replay(train_data, tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-         str(WORLD), "-m", "mof.train", *args], check=False, env=env, capture_output=True, text=True,
-        timeout=300, cwd=Path(__file__).parent.parent)
+         str(WORLD), "-m", "mof.train", *args], check=False, env=env, capture_output=True,
+        text=True, timeout=300, cwd=Path(__file__).parent.parent)
     assert result.returncode == 0, result.stderr[-4000:]
     assert len((run / "metrics.csv").read_text().splitlines()) == 2  # rank 0 evaluated once
 

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import session_train_data, single_thread, tiny_config
 
 from mof.train import load_train_config, train
 from mof.train.checkpoint import RowJournal
 from pipeline.framestore import FrameStore
+from tests.train_data import tiny_config
 
-train_data = pytest.fixture(scope="session")(session_train_data)
-one_thread = pytest.fixture(autouse=True)(single_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPOCHS = 2  # 3 batches each: the interruptions below fall inside the second epoch
 

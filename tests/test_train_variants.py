@@ -16,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from test_train import session_train_data, single_thread, tiny_config
 
 from mof.export import ExportConfig, export_frames
 from mof.export_render import mix_strips
@@ -25,9 +24,9 @@ from mof.train import load_train_config, train
 from mof.train.data import anchor_positions
 from pipeline.framestore import FrameStore
 from pipeline.reader import iter_shard, resolve_shards
+from tests.train_data import tiny_config
 
-train_data = pytest.fixture(scope="session")(session_train_data)
-one_thread = pytest.fixture(autouse=True)(single_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPOCHS = 2
 VARIANT = {"frame_param": "mix", "inner_step": "adamw", "frame_steps": 2, "mix_lr": 0.3}

@@ -1,4 +1,4 @@
-"""Toy transformers tokenizers for full-size models (no download): DistilBERT WordPiece, CLIP BPE."""
+"""Toy transformers tokenizers for full-size models (no download): DistilBERT WordPiece, CLIP."""
 
 from __future__ import annotations
 

@@ -1,15 +1,16 @@
 """Model registry: ``create_model(name, **overrides)`` and ``list_models(pattern)``.
 
 Each family lives in its own module and registers full-size and ``*-tiny`` constructors with
-:func:`register_model`. Importing this package imports every family so the registry is full.
+:func:`register_model` when it is imported; this package imports every family module below, so
+importing it fills the registry. A family that fails to import fails this import.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Callable
-
-from mof.models.base import AttentionMode, InputContract, RetrievalModel
+# The families: importing a module registers its models. Add a new family's module here.
+from mof.models import clip4clip, frozen, resnet  # noqa: F401  (registration only)
+from mof.models.contract import AttentionMode, InputContract, RetrievalModel
+from mof.models.registry import create_model, list_models, model_family, register_model
 
 __all__ = [
     "AttentionMode",
@@ -17,48 +18,6 @@ __all__ = [
     "RetrievalModel",
     "create_model",
     "list_models",
+    "model_family",
     "register_model",
 ]
-
-_REGISTRY: dict[str, Callable[..., RetrievalModel]] = {}
-
-
-def register_model(fn: Callable[..., RetrievalModel]) -> Callable[..., RetrievalModel]:
-    """Register a constructor under its function name with ``_`` spelt ``-``."""
-    name = fn.__name__.replace("_", "-")
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is registered twice")
-    _REGISTRY[name] = fn
-    return fn
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern``, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
-
-
-def create_model(name: str, **overrides) -> RetrievalModel:
-    """Build a registered model; ``overrides`` go to its constructor.
-
-    Raises:
-        KeyError: ``name`` is not registered (the message lists what is).
-    """
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
-    return _REGISTRY[name](**overrides)
-
-
-def _import_families() -> None:
-    # Families register themselves on import; a family missing while it is being written
-    # must not break the others.
-    import importlib
-
-    for module in ("frozen", "clip4clip", "resnet"):
-        try:
-            importlib.import_module(f"mof.models.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"mof.models.{module}":
-                raise
-
-
-_import_families()

@@ -29,8 +29,6 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 from transformers.initialization import no_init_weights
 
-from mof.models import register_model
-from mof.models.base import AttentionMode, RetrievalModel
 from mof.models.clip_convert import (
     load_openai_state,
     openai_arch,
@@ -44,6 +42,8 @@ from mof.models.common import (
     safe_normalize,
     tiny_tokenizer,
 )
+from mof.models.contract import AttentionMode, RetrievalModel
+from mof.models.registry import register_model
 from mof.models.space_time import PatchConv2d
 from mof.models.text import (
     TextTokenizer,
@@ -161,8 +161,6 @@ class Clip4Clip(RetrievalModel):
         clip.vision_model.embeddings.patch_embedding.__class__ = PatchConv2d
         self.tokenizer = tokenizer
         self.contract = frame_contract(config, CLIP_MEAN, CLIP_STD, tokenizer_kind)
-        self.spec: dict[str, Any] = {}
-        self.sources: dict[str, str] = {}
         self.set_attention("math")
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -17,16 +17,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mof.models.base import InputContract
+from mof.models.contract import InputContract
 from mof.models.text import special_tokens_tokenizer
 from mof.models.tokenizer import WordTokenizer
 
 __all__ = [
-    "check_video", "frame_contract", "load_strictly", "make_config", "pool_frames",
+    "IMAGENET_MEAN", "IMAGENET_STD", "check_video", "frame_contract", "load_strictly",
+    "make_config", "pool_frames",
     "safe_normalize", "tiny_tokenizer",
 ]
 
 C = TypeVar("C")
+
+#: ImageNet statistics: Frozen normalises with them (even though its IN-21k ViT used 0.5/0.5),
+#: and so do the timm ResNets.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def safe_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

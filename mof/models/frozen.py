@@ -18,32 +18,32 @@ import torch
 from torch import nn
 from transformers import DistilBertConfig
 
-from mof.models import convert, register_model
-from mof.models.base import AttentionMode, RetrievalModel
-from mof.models.common import frame_contract, make_config, tiny_tokenizer
+from mof.models import convert
+from mof.models.common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    frame_contract,
+    make_config,
+    tiny_tokenizer,
+)
+from mof.models.contract import AttentionMode
+from mof.models.registry import register_model
 from mof.models.space_time import DividedAttention, SpaceTimeTransformer
 from mof.models.text import (
     TextTokenizer,
     build_distilbert,
-    cls_state,
     load_tokenizer,
     set_text_attention,
     set_text_checkpointing,
     text_arch,
     tiny_distilbert_config,
-    tokenize_texts,
 )
+from mof.models.text_side import DistilBertTextSide
 from mof.models.tokenizer import WordTokenizer
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "TINY_DEFAULTS", "FrozenConfig", "FrozenInTime", "FrozenTextSide",
-    "frozen", "frozen_tiny",
+    "TINY_DEFAULTS", "FrozenConfig", "FrozenInTime", "frozen", "frozen_tiny",
 ]
-
-#: Frozen normalises with ImageNet statistics (even though its IN-21k ViT used 0.5/0.5).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass
 class FrozenConfig:
@@ -100,34 +100,7 @@ class FrozenConfig:
             raise ValueError("invalid Frozen config: " + "; ".join(problems))
 
 
-class FrozenTextSide(RetrievalModel):
-    """Frozen's text side and logits: DistilBERT ``[CLS]`` → ReLU → Linear, cosine / temperature.
-
-    Shared by every model that keeps Frozen's text encoder and swaps only the video backbone
-    (Table V). Subclasses set ``tokenizer``, ``contract``, ``text_model``, ``txt_proj`` and
-    ``temperature``.
-    """
-
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Queries → ``input_ids``/``attention_mask`` ``(B, L)`` int64, ``[CLS]`` first."""
-        return tokenize_texts(self.tokenizer, texts, self.contract.max_words)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``(B, L)`` token ids and mask → ``(B, D)`` (``[CLS]`` state → ReLU → Linear)."""
-        return self.txt_proj(cls_state(self.text_model, input_ids, attention_mask))
-
-    def similarity(self, text_emb: torch.Tensor, video_emb: torch.Tensor) -> torch.Tensor:
-        """``(Bt, D)``, ``(Bv, D)`` → ``(Bt, Bv)`` cosine, each norm clamped at 1e-8 (Frozen)."""
-        t = text_emb / text_emb.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        v = video_emb / video_emb.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        return t @ v.t()
-
-    def logits(self, text_emb: torch.Tensor, video_emb: torch.Tensor) -> torch.Tensor:
-        """``(Bt, Bv)`` cosine similarity / temperature (0.05 for Frozen)."""
-        return self.similarity(text_emb, video_emb) / self.temperature
-
-
-class FrozenInTime(FrozenTextSide):
+class FrozenInTime(DistilBertTextSide):
     """The Frozen dual encoder.
 
     Args:
@@ -138,6 +111,7 @@ class FrozenInTime(FrozenTextSide):
     """
 
     loss_reduction = "sum"
+    has_patch_readout = True
 
     def __init__(self, config: FrozenConfig, text_model: nn.Module,
                  tokenizer: TextTokenizer | None, tokenizer_kind: str):
@@ -158,17 +132,30 @@ class FrozenInTime(FrozenTextSide):
         if config.max_words > positions:
             raise ValueError(f"max_words {config.max_words} exceeds the text model's "
                              f"{positions} position embeddings")
-        #: architecture only: ``create_model(**spec)`` rebuilds the model (set by constructors)
-        self.spec: dict[str, Any] = {}
-        #: the weight files the model was built from, for provenance (not needed to reload)
-        self.sources: dict[str, str] = {}
-        self.attention: AttentionMode = "math"
 
     def encode_video(
         self, video: torch.Tensor, video_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``(B, T, 3, H, W)`` normalised frames, optional ``(B, T)`` bool mask → ``(B, D)``."""
         return self.vid_proj(self.video_model(video, video_mask))
+
+    def patch_embeddings(self, video: torch.Tensor) -> torch.Tensor:
+        """``(B, F, 3, H, W)`` → ``(B, F, N, D)``: block-1 patch tokens → final norm → vid_proj.
+
+        Each patch token after the first SpaceTimeTransformer block (where tokens are still
+        local) goes through the final LayerNorm and the video projection, as the CLS token does
+        at the end, so ``logits(text_emb, tokens)`` is cosine / temperature per patch.
+        """
+        captured: list[torch.Tensor] = []
+        hook = self.video_model.blocks[0].register_forward_hook(
+            lambda _module, _inputs, output: captured.append(output))
+        try:
+            self.video_model(video)
+        finally:
+            hook.remove()
+        batch, frames, n = video.shape[0], video.shape[1], self.video_model.patches_per_frame
+        patches = captured[0][:, 1:].reshape(batch, frames, n, -1)  # drop CLS; frame-major
+        return self.vid_proj(self.video_model.norm(patches))
 
     def set_attention(self, mode: AttentionMode) -> None:
         """``math``: explicit softmax and eager DistilBERT; ``fused``: SDPA in both encoders."""
@@ -205,7 +192,8 @@ def frozen(
         text_dir: local DistilBERT directory (``save_pretrained``: config, weights, tokenizer).
         tokenizer_dir: local tokenizer directory; defaults to ``text_dir``.
         vit_weights: timm ``vit_base_patch16_224`` weights (``.safetensors``/``.pth``/``.npz``).
-        checkpoint: a Frozen checkpoint (``.pth.tar``), loaded with ``torch.load(weights_only=True)``.
+        checkpoint: a Frozen checkpoint (``.pth.tar``), loaded with
+            ``torch.load(weights_only=True)``.
         temporal_fix: how a checkpoint's temporal embeddings reach ``max_frames`` when it has
             fewer frames (more are truncated): ``zeros`` (Frozen's default), ``nearest`` or
             ``bilinear`` interpolation.

@@ -9,9 +9,10 @@ Our format (``MODEL_FORMAT_VERSION``), one directory per model:
 - the tokenizer: ``tokenizer.json`` for a :class:`WordTokenizer`, or a ``tokenizer/``
   directory (``save_pretrained``) for a transformers tokenizer.
 
-What a family must provide for this to work: ``model.spec`` (JSON, architecture only, no weight
-paths), ``model.tokenizer`` (WordTokenizer, transformers tokenizer or None), and constructor
-keywords ``tokenizer=`` (a WordTokenizer) and ``tokenizer_dir=`` (a tokenizer directory).
+What this relies on is the model contract (:mod:`mof.models.contract`): ``model.spec`` (JSON,
+architecture only, no weight paths), ``model.sources``, ``model.tokenizer`` (WordTokenizer,
+transformers tokenizer or None), and constructor keywords ``tokenizer=`` (a WordTokenizer) and
+``tokenizer_dir=`` (a tokenizer directory).
 
 Foreign checkpoints are read with :func:`safe_torch_load`: ``torch.load(weights_only=True)``,
 whose unpickler builds only tensors, plain containers and the globals it is allowed, plus an
@@ -25,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import pickle
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,8 +35,8 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from mof.models import create_model
-from mof.models.base import RetrievalModel
+from mof.models.contract import RetrievalModel
+from mof.models.registry import create_model
 from mof.models.tokenizer import WordTokenizer
 
 __all__ = [
@@ -58,10 +57,12 @@ META_FILE = "model.json"
 
 
 def save_model(model: RetrievalModel, directory: str | Path) -> Path:
-    """Write ``model`` to ``directory`` in our format; the directory appears complete or not at all.
+    """Write ``model`` into ``directory`` in our format (the directory is created if missing).
 
-    Files are written into a sibling temporary directory that is then renamed into place (an
-    existing ``directory`` is replaced).
+    Plain writes: the model library imports torch and numpy only, not the application's
+    crash-safe writer. A caller whose readers must never see a half-written model fills a
+    directory from :func:`pipeline.atomic.atomic_directory` with it, as the trainer's
+    checkpoints do (``docs/writes.md``).
 
     Returns:
         The directory.
@@ -70,40 +71,27 @@ def save_model(model: RetrievalModel, directory: str | Path) -> Path:
         ValueError: ``model.spec`` is missing or not JSON-serialisable.
     """
     directory = Path(directory)
-    spec = getattr(model, "spec", None)
-    if not spec or "name" not in spec:
+    spec = model.spec
+    if "name" not in spec:
         raise ValueError(f"{type(model).__name__} has no spec with a 'name'; cannot be rebuilt")
     meta = {
         "format_version": MODEL_FORMAT_VERSION,
         "spec": spec,
         "contract": model.contract.to_dict(),
         "tokenizer": None,
-        "sources": getattr(model, "sources", {}),
+        "sources": model.sources,
     }
     try:
         json.dumps(meta)
     except TypeError as err:
         raise ValueError(f"model spec is not JSON-serialisable: {err}") from err
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        meta["tokenizer"] = _save_tokenizer(getattr(model, "tokenizer", None), tmp)
-        # safetensors' save_model drops aliased tensors (tied weights) and keeps one copy.
-        safetensors.torch.save_model(model, str(tmp / WEIGHTS_FILE),
-                                     metadata={"format_version": str(MODEL_FORMAT_VERSION)})
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    directory.mkdir(parents=True, exist_ok=True)
+    meta["tokenizer"] = _save_tokenizer(model.tokenizer, directory)
+    # safetensors' save_model drops aliased tensors (tied weights) and keeps one copy.
+    safetensors.torch.save_model(model, str(directory / WEIGHTS_FILE),
+                                 metadata={"format_version": str(MODEL_FORMAT_VERSION)})
+    # model.json last: a directory holding it has every file it names.
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
 
 

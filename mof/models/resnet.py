@@ -32,9 +32,9 @@ import torch
 from torch import nn
 from transformers import DistilBertConfig
 
-from mof.models import register_model
-from mof.models.base import AttentionMode
 from mof.models.common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     check_video,
     frame_contract,
     load_strictly,
@@ -42,8 +42,9 @@ from mof.models.common import (
     pool_frames,
     tiny_tokenizer,
 )
-from mof.models.frozen import IMAGENET_MEAN, IMAGENET_STD, FrozenTextSide
+from mof.models.contract import AttentionMode
 from mof.models.io import read_state_dict
+from mof.models.registry import register_model
 from mof.models.text import (
     TextTokenizer,
     build_distilbert,
@@ -52,6 +53,7 @@ from mof.models.text import (
     text_arch,
     tiny_distilbert_config,
 )
+from mof.models.text_side import DistilBertTextSide
 from mof.models.tokenizer import WordTokenizer
 
 __all__ = [
@@ -104,7 +106,7 @@ class ResNetConfig:
             raise ValueError("invalid ResNet config: " + "; ".join(problems))
 
 
-class ResNetRetrieval(FrozenTextSide):
+class ResNetRetrieval(DistilBertTextSide):
     """A timm ResNet frame encoder (mean over frames) and Frozen's text side, unchanged.
 
     Args:
@@ -130,9 +132,6 @@ class ResNetRetrieval(FrozenTextSide):
         self.temperature = config.temperature
         self.tokenizer = tokenizer
         self.contract = frame_contract(config, IMAGENET_MEAN, IMAGENET_STD, tokenizer_kind)
-        self.spec: dict[str, Any] = {}
-        self.sources: dict[str, str] = {}
-        self.attention: AttentionMode = "math"
         self.train(self.training)  # modules are built in train mode: apply bn_mode now
 
     def train(self, mode: bool = True) -> ResNetRetrieval:

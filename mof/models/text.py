@@ -22,7 +22,7 @@ from transformers import (
 )
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from mof.models.base import AttentionMode
+from mof.models.contract import AttentionMode
 from mof.models.tokenizer import CLS, EOT, PAD, UNK, WordTokenizer
 
 __all__ = [

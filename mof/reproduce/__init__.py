@@ -87,7 +87,7 @@ class _LoadSampler(threading.Thread):
 def _record_run(cfg: Table4Config, record: dict[str, Any]) -> None:
     """Append this call's wall time and load to ``WORK/<dataset>/<model>/table4_runs.json``."""
     from mof.reproduce.runner import model_dir
-    from pipeline.index import atomic_write_json
+    from pipeline.atomic import atomic_write_json
 
     path = model_dir(cfg) / "table4_runs.json"
     runs = json.loads(path.read_text()) if path.is_file() else []
@@ -109,7 +109,7 @@ def reproduce_table4(cfg: Table4Config) -> Table4Summary:
     start = time.time()
     summary = Table4Summary(expected=len(cfg.cells) * cfg.seeds)
     if cfg.run:
-        from pipeline.index import atomic_write_json
+        from pipeline.atomic import atomic_write_json
 
         base = model_dir(cfg)
         base.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def reproduce_table4(cfg: Table4Config) -> Table4Summary:
     if cfg.diagnose and summary.files:
         from mof.reproduce.diagnose import diagnose
         from mof.reproduce.runner import shard_paths
-        from pipeline.index import atomic_write_bytes
+        from pipeline.atomic import atomic_write_bytes
 
         report = diagnose(cfg, shard_paths(cfg).test).encode()
         for folder in (cfg.results, cfg.publish) if cfg.publish else (cfg.results,):

@@ -72,7 +72,7 @@ def write_report(cfg: Table4Config) -> list[str]:
         table_csv,
     )
     from mof.reproduce.runner import cell_dir
-    from pipeline.index import atomic_write_bytes
+    from pipeline.atomic import atomic_write_bytes
 
     results = load_results(cfg)
     if not results:

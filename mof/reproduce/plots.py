@@ -66,8 +66,7 @@ def plot_tradeoff(summaries: list[CellSummary], paper: dict[str, PaperRow], pape
                plt.Line2D([], [], marker="^", ls="", color="0.3", label="MOF (R ⇒ U)")]
     axes[0].legend(handles=handles, fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def _mean_curve(results: list[SeedResult], key: str) -> tuple[list[float], list[float],
@@ -107,5 +106,16 @@ def plot_curves(results: list[SeedResult], cells: list[Cell], title: str, path: 
     axes[1].legend(fontsize=8, ncol=2, title="SF", title_fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_png(fig, path)
+
+
+def _save_png(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG (110 dpi) through the crash-safe writer, then close it."""
+    import io
+
+    from pipeline.atomic import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -34,6 +34,7 @@ from typing import Any
 
 from mof.reproduce.config import SYNTHETIC, Table4Config
 from mof.reproduce.grid import Cell, parse_grid
+from pipeline.errors import MofError
 
 __all__ = [
     "CellMismatch",
@@ -54,7 +55,7 @@ _NOT_IDENTITY = frozenset({"out", "resume", "workers", "device", "log_every", "e
                            "checkpoint_every", "train", "test"})
 
 
-class CellMismatch(ValueError):
+class CellMismatch(MofError, ValueError):
     """A cell on disk was made with other settings than the ones requested."""
 
 
@@ -223,7 +224,7 @@ def _normal(value: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from pipeline.index import atomic_write_json
+    from pipeline.atomic import atomic_write_json
 
     atomic_write_json(path, obj)
 

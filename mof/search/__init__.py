@@ -2,7 +2,8 @@
 
 ``build_index`` (``mof-cli index``) encodes shards into an index directory
 (:mod:`mof.search.store` describes its files), ``search`` (``mof-cli search``) ranks its videos
-for a text query, exactly or through a FAISS inverted file (:mod:`mof.search.ann`), and ``serve_index``
+for a text query, exactly or through a FAISS inverted file (:mod:`mof.search.ann`), and
+``serve_index``
 (``mof-cli serve``) answers queries from a local web page.
 """
 

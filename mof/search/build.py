@@ -65,7 +65,7 @@ class IndexSummary:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    from pipeline.index import atomic_write_json
+    from pipeline.atomic import atomic_write_json
 
     atomic_write_json(path, obj)
 

@@ -90,7 +90,8 @@ class Searcher:
         return {"query": text, "search": "ivf" if self.ann is not None else "exact",
                 "videos": len(self.data.videos), "model": self.data.manifest["model"]["name"],
                 "frames": self.data.manifest["frames"],
-                "timing": {"encode_ms": 1e3 * (encoded - start), "search_ms": 1e3 * (done - encoded)},
+                "timing": {"encode_ms": 1e3 * (encoded - start),
+                           "search_ms": 1e3 * (done - encoded)},
                 "results": results, "embedding": emb}
 
     def path_of(self, video: dict[str, Any]) -> str:

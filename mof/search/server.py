@@ -16,6 +16,7 @@ refused with 403.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mimetypes
 import re
@@ -165,10 +166,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with open(path, "rb") as fh:
             fh.seek(start)
-            try:
+            # The browser may stop reading (it seeks by opening another range).
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 shutil.copyfileobj(_Limited(fh, end - start + 1), self.wfile)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the browser stopped reading (it seeks by opening another range)
 
 
 class _Limited:

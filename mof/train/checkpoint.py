@@ -26,7 +26,6 @@ Layout::
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -37,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from pipeline.atomic import atomic_directory, atomic_open, previous_version
 
 __all__ = [
     "Progress",
@@ -107,36 +108,20 @@ def load_trainer_state(directory: Path) -> dict[str, Any]:
     return torch.load(directory / STATE_NAME, map_location="cpu", weights_only=True)
 
 
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-
-
 def commit_checkpoint(root: Path, name: str, write: Callable[[Path], None]) -> Path:
     """Write a checkpoint directory under a temporary name and rename it to ``root/name``.
 
-    ``write(tmp_dir)`` fills the directory. An existing ``root/name`` is moved to
-    ``.<name>.old`` first and removed after the rename (see :func:`find_checkpoint`).
+    ``write(tmp_dir)`` fills the directory. An existing ``root/name`` is kept as its
+    :func:`~pipeline.atomic.previous_version` until the rename (see :func:`find_checkpoint`).
     """
-    root.mkdir(parents=True, exist_ok=True)
-    tmp, old, final = root / f".{name}.tmp", root / f".{name}.old", root / name
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write(tmp)
-    _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    with atomic_directory(root / name) as tmp:
+        write(tmp)
+    return root / name
 
 
 def find_checkpoint(root: Path, name: str = "last") -> Path | None:
     """``root/name``, or the previous version left by a crash in the middle of a commit."""
-    for candidate in (root / name, root / f".{name}.old"):
+    for candidate in (root / name, previous_version(root / name)):
         if (candidate / STATE_NAME).is_file():
             return candidate
     return None
@@ -192,16 +177,12 @@ class RowJournal:
         if not keep.any():
             return
         path = self.root / str(self.generation) / f"r{self.rank}-s{step}.npy"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_open(path, "wb") as fh:
             # Plain .npy records, not np.savez: a zip's CRC-32 doubled the CPU time of an entry.
             np.save(fh, np.array(["rows", *arrays]))
             np.save(fh, np.asarray(rows)[keep])
             for value in arrays.values():
                 np.save(fh, np.asarray(value)[keep])
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         self._saved.update(int(r) for r in np.asarray(rows)[keep])
 
     def record_in_background(self, step: int, rows: np.ndarray,

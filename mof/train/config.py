@@ -8,13 +8,14 @@ it back, and only the settings in :data:`RESUME_OVERRIDABLE` may change on resum
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pipeline.atomic import atomic_write_yaml
+from pipeline.errors import MofError
 
 __all__ = [
     "RESUME_OVERRIDABLE",
@@ -44,7 +45,7 @@ _STORE_DTYPES = ("float32", "float16")
 _LR_SCHEDULES = ("constant", "cosine")
 
 
-class ConfigError(ValueError):
+class ConfigError(MofError, ValueError):
     """A config with one or more invalid settings; the message lists every problem."""
 
 
@@ -348,7 +349,4 @@ def save_train_config(config: TrainConfig, path: str | Path) -> None:
     """Write ``config`` as YAML to ``path`` atomically (temporary name, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write_yaml(path, config.to_dict())

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mof.frames import to_model_input
-from mof.models.base import InputContract, RetrievalModel
+from mof.models.contract import InputContract, RetrievalModel
 from mof.train.augment import VideoAugment, apply_augment, draw_augment
 from pipeline.reader import ShardDataset
 from pipeline.sampling import uniform_subset

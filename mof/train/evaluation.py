@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mof.evaluate import evaluate_model, flatten_metrics
-from mof.models.base import RetrievalModel
-from pipeline.index import atomic_write_json
+from mof.models.contract import RetrievalModel
+from pipeline.atomic import atomic_write_json
 
 if TYPE_CHECKING:
     from mof.train.checkpoint import Progress

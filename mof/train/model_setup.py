@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from mof.models import RetrievalModel, create_model
 from mof.models.io import load_model
 from mof.models.tokenizer import WordTokenizer
 
-__all__ = ["build_model", "build_optimizer", "enable_activation_checkpointing"]
+__all__ = ["build_model", "build_optimizer"]
 
 
 def build_model(name: str, model_args: dict, captions: list[str], seed: int,
@@ -74,37 +71,3 @@ def build_optimizer(model: RetrievalModel, *, lr: float, weight_decay: float, sc
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _checkpointed(forward, *args, **kwargs):
-    # Non-reentrant checkpointing composes with autograd.grad(create_graph=True), which the
-    # exact meta-gradient needs; the reentrant variant does not.
-    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-
-
-def enable_activation_checkpointing(model: RetrievalModel) -> int:
-    """Recompute each transformer block's activations in the backward pass.
-
-    Uses the model's own ``set_grad_checkpointing`` when it has one; otherwise wraps the
-    forward of every module held in an ``nn.ModuleList`` (the blocks of timm, transformers and
-    our encoders). Returns the number of blocks wrapped (-1 when the model did it itself).
-
-    Raises:
-        ValueError: the model has neither the method nor any block list.
-    """
-    own = getattr(model, "set_grad_checkpointing", None)
-    if callable(own):
-        own(True)
-        return -1
-    wrapped = 0
-    inside: list[str] = []  # blocks already wrapped: their own block lists are left alone
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or any(name.startswith(p) for p in inside):
-            continue
-        for index, block in enumerate(module):
-            block.forward = functools.partial(_checkpointed, block.forward)
-            inside.append(f"{name}.{index}.")
-            wrapped += 1
-    if not wrapped:
-        raise ValueError(f"{type(model).__name__} has no block list to checkpoint")
-    return wrapped

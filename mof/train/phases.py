@@ -37,7 +37,7 @@ from mof.bilevel import (
 )
 from mof.frame_mix import mix_frames, mix_residual, mix_vjp
 from mof.loss import contrastive_loss
-from mof.models.base import RetrievalModel
+from mof.models.contract import RetrievalModel
 from mof.train.augment import VideoAugment, apply_augment
 from mof.train.distributed import all_gather_with_grad
 
@@ -119,7 +119,7 @@ def model_level_step(
 
     Args:
         step_module: :class:`GlobalContrastive` (possibly DDP-wrapped) around ``model``.
-        model: the bare model (its logit scale is clamped after the step, if it has one).
+        model: the bare model (its logit scale is clamped after the step).
         optimizer: the model's AdamW.
         frames: ``(B, U, 3, H, W)`` ε_B (MOF) or uniform frames (baseline); not modified.
         text: ``input_ids``/``attention_mask`` ``(B, L)``.
@@ -151,9 +151,7 @@ def model_level_step(
                                for n, p in named}, video.grad, loss.detach())
         shared = SharedPass({n: p.detach().clone() for n, p in named}, inner)
     optimizer.step()
-    clamp = getattr(model, "clamp_logit_scale", None)
-    if callable(clamp):
-        clamp()
+    model.clamp_logit_scale()
     return float(loss.detach()), shared
 
 

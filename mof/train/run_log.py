@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pipeline.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from mof.train.checkpoint import Progress
@@ -65,9 +66,7 @@ class RunLog:
         writer = csv.DictWriter(buf, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(self.rows)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, buf.getvalue())
 
     def close(self) -> None:
         if self._writer is not None:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from mof.frame_mix import initial_mix_logits, mix_frames
 from mof.frames import to_model_input
-from mof.models.base import InputContract
+from mof.models.contract import InputContract
 from mof.train.data import anchor_positions
 from mof.train.distributed import DistInfo, all_gather_objects, barrier
 from pipeline.framestore import FrameStore

@@ -3,9 +3,9 @@
 The trainer only sequences: data draws (:mod:`mof.train.data`), the model-level and the
 frame-level step (:mod:`mof.train.phases`), store I/O (``pipeline.framestore``), the undo
 journal, checkpoints and the run's position (:mod:`mof.train.checkpoint`), evaluation
-(:mod:`mof.train.evaluation`) and logging and the summary (:mod:`mof.train.run_log`). One *stage* is a pass over the epoch's batches: ``model``
-(model-level steps, plus frame-level steps under the ``phase`` schedule) or ``frames`` (the
-second pass of the ``epoch`` schedule).
+(:mod:`mof.train.evaluation`) and logging and the summary (:mod:`mof.train.run_log`). One
+*stage* is a pass over the epoch's batches: ``model`` (model-level steps, plus frame-level steps
+under the ``phase`` schedule) or ``frames`` (the second pass of the ``epoch`` schedule).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from mof.train.evaluation import evaluate_and_rank
 from mof.train.model_setup import (
     build_model,
     build_optimizer,
-    enable_activation_checkpointing,
 )
 from mof.train.phases import (
     FrameState,
@@ -106,7 +105,7 @@ class Trainer:
             raise ValueError(f"--frames {cfg.frames}: {cfg.model} takes at most "
                              f"{self.model.contract.max_frames} frames per video")
         if cfg.grad_checkpointing:
-            enable_activation_checkpointing(self.model)
+            self.model.set_grad_checkpointing(True)
         self.model.set_attention("fused")
         self.step_module = GlobalContrastive(self.model, self.dist.rank, world)
         if self.dist.distributed:

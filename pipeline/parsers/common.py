@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from pipeline.errors import MofError
+
 __all__ = [
     "KNOWN_SPLITS",
     "QUERY_RULES",
@@ -59,7 +61,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-class ManifestError(ValueError):
+class ManifestError(MofError, ValueError):
     """A descriptor or an annotation set is unusable; the message lists every problem.
 
     Attributes:
