@@ -10,6 +10,7 @@ SIGINT and SIGTERM stop the run with :class:`ShardInterrupted`, whose message sa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,6 +18,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -284,7 +286,8 @@ def _run_tasks(
             initargs=(queue, os.getpid()),
         ) as pool:
             try:
-                pending = {pool.submit(run_in_worker, task, settings) for task in todo}
+                with _signals_deferred():
+                    pending = {pool.submit(run_in_worker, task, settings) for task in todo}
                 while pending:
                     done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                     _drain(queue, tick)
@@ -292,15 +295,38 @@ def _run_tasks(
                 _drain(queue, tick)
             except KeyboardInterrupt:
                 # Leaving the `with` would wait for every running shard to finish: stop the
-                # workers now (their *.tmp files are swept on resume). The executor has no
-                # public way to do this.
+                # workers now (their *.tmp files are swept on resume); SIGKILL, so that a
+                # worker still importing its modules cannot go on to read start-up data the
+                # exiting parent has removed. The executor has no public way to do this.
                 for process in list(pool._processes.values()):
-                    process.terminate()
+                    process.kill()
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
     finally:
         bar.close()
     return results
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the pool starts its workers (at the first submits).
+
+    Interrupted between starting a worker and sending it its start-up data, the parent would
+    leave that worker to fail loudly after the run has said how to resume. A handler that only
+    records the signal takes its place here (Python runs signal handlers in the main thread,
+    whichever thread the signal reached, so a thread mask would not do); the signal is
+    re-raised at the end of the block, when every worker can be stopped.
+    """
+    received: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if received:
+            os.kill(os.getpid(), received[0])
 
 
 def _drain(queue: Any, tick: Any) -> None:
