@@ -135,7 +135,8 @@ def check(**options: object) -> None:
 def shard(merge_index: str | None, **options: object) -> None:
     """Decode every video of a split into R frames and write WebDataset shards + index.json."""
     from pipeline.index import merge_indexes
-    from pipeline.shard import ShardConfig, ShardInterrupted, write_shards
+    from pipeline.interrupt import ShardInterrupted
+    from pipeline.shard import ShardConfig, write_shards
 
     if merge_index:
         with _reported():

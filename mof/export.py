@@ -49,8 +49,7 @@ from pipeline.framestore import FrameRows, FrameStore
 from pipeline.sampling import uniform_subset
 from pipeline.shard_samples import decode_sample, read_shard_samples, resolve_shards
 
-__all__ = ["DEFAULT_NUM", "ExportConfig", "denormalize", "export_frames", "format_summary",
-           "render_grid"]
+__all__ = ["DEFAULT_NUM", "ExportConfig", "export_frames", "format_summary"]
 
 #: Videos exported when neither ``ids`` nor ``num`` is given.
 DEFAULT_NUM = 4

@@ -54,7 +54,6 @@ from pipeline.shard_worker import (
 __all__ = [
     "ShardConfig",
     "ShardConfigMismatch",
-    "ShardInterrupted",
     "ShardSummary",
     "write_shards",
 ]

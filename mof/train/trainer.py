@@ -62,7 +62,7 @@ from pipeline.framestore import FrameRows
 from pipeline.framestore_io import AsyncFrameIO, PendingRead
 from pipeline.reader import resolve_shards
 
-__all__ = ["Progress", "Trainer"]
+__all__ = ["Trainer"]
 
 
 class Trainer:
