@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 
 from mof.reproduce import Table4Config, reproduce_table4
-from mof.reproduce.config import PRETRAIN_SEED, TINY_PRETRAIN_VIDEOS
+from mof.reproduce.config import (
+    PRETRAIN_SEED,
+    TINY_FINE_TUNE_LR,
+    TINY_PRETRAIN_VIDEOS,
+    TINY_WARM_START_LR,
+)
 from mof.reproduce.grid import Cell
 from mof.reproduce.runner import cell_dir, shard_paths
 from mof.reproduce.warm_start import run_warm_start, warm_start_dir
@@ -44,6 +49,22 @@ def test_defaults_and_validation(tmp_path):
     assert "--pretrain-videos" in str(err.value) and "synthetic" in str(err.value)
     with pytest.raises(ValueError, match="--pretrain-videos must be >= 0"):
         Table4Config(pretrain_videos=-1)
+
+
+def test_learning_rates_of_warm_start_and_cells(tmp_path):
+    """Tiny cells fine-tune the warm start at a lower lr than it trained at from random
+    weights; without a warm start they train from random weights at the warm start's lr."""
+    tiny = Table4Config(work=str(tmp_path))
+    assert (tiny.resolved_warm_start_lr, tiny.resolved_lr) == (TINY_WARM_START_LR,
+                                                               TINY_FINE_TUNE_LR)
+    assert tiny.warm_start_config("t", "o").lr == TINY_WARM_START_LR
+    assert tiny.train_config(tiny.cells[0], 0, "t", None, "o").lr == TINY_FINE_TUNE_LR
+    assert Table4Config(work=str(tmp_path), warm_start_epochs=0).resolved_lr == TINY_WARM_START_LR
+    given = Table4Config(work=str(tmp_path), lr=3e-4, warm_start_lr=2e-3)
+    assert (given.resolved_warm_start_lr, given.resolved_lr) == (2e-3, 3e-4)
+    assert Table4Config(work=str(tmp_path), model="frozen").resolved_lr == 1e-5
+    with pytest.raises(ValueError, match="--warm-start-lr must be > 0"):
+        Table4Config(warm_start_lr=0.0)
 
 
 def test_warm_start_trains_on_the_generated_corpus(grid):

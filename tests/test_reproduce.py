@@ -229,7 +229,8 @@ def test_diagnosis_measures_drift_and_meta_gradient_sign(micro):
     assert probe["rms"] > 0 and 0 < probe["adam_step_fraction"] <= 1
     model = load_model(run / "checkpoints" / "last")
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert probe["adamw_step_norm"] == pytest.approx(1e-3 * math.sqrt(params))  # lr 1e-3
+    lr = micro["cfg"].resolved_lr
+    assert probe["adamw_step_norm"] == pytest.approx(lr * math.sqrt(params))
     assert probe["inner_step_norm"] > 0
     assert math.isfinite(probe["gap_closed"]) and probe["beta"] == micro["cfg"].resolved_frame_lr
     assert all(-1 <= c <= 1 for c in probe["alignment"].values())

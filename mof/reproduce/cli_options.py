@@ -12,7 +12,13 @@ from typing import Any
 import click
 import yaml
 
-from mof.reproduce.config import Table4Config
+from mof.reproduce.config import (
+    TINY_FINE_TUNE_LR,
+    TINY_PRETRAIN_VIDEOS,
+    TINY_WARM_START_EPOCHS,
+    TINY_WARM_START_LR,
+    Table4Config,
+)
 
 __all__ = ["config_from_options", "table4_options"]
 
@@ -43,7 +49,8 @@ _OPTIONS = [
     _opt("--seeds", "Training seeds per cell (0..N-1); mean ± std over them.", type=int),
     _opt("--epochs", "Training epochs of every cell.", type=int),
     _opt("--batch-size", "Videos per training step.", type=int),
-    _opt("--lr", "Model learning rate [default: 1e-3 for *-tiny models, 1e-5 otherwise].",
+    _opt("--lr", f"Model learning rate of the cells [default: {TINY_FINE_TUNE_LR:g} for *-tiny "
+                 f"models after a warm start, {TINY_WARM_START_LR:g} without, 1e-5 otherwise].",
          type=float),
     _opt("--meta-grad", "MOF meta-gradient estimator.",
          type=click.Choice(["exact", "finite-diff", "first-order"])),
@@ -60,12 +67,17 @@ _OPTIONS = [
                  help="Any other mof-cli train setting for every cell, e.g. augment=none; "
                       "repeatable."),
     _opt("--warm-start-epochs", "Epochs of the shared warm start every cell fine-tunes from "
-                                "(0: none) [default: 16 for *-tiny models, 0 otherwise].",
+                                f"(0: none) [default: {TINY_WARM_START_EPOCHS} for *-tiny models, "
+                                "0 otherwise].",
          type=int),
     _opt("--warm-start-frames", "Uniform frames per video of the warm start.", type=int),
+    _opt("--warm-start-lr", "Learning rate of the warm start [default: "
+                            f"{TINY_WARM_START_LR:g} for *-tiny models, --lr otherwise].",
+         type=float),
     _opt("--pretrain-videos", "Videos of the generated pre-training corpus the warm start "
-                              "trains on (synthetic only; 0: the train split) [default: 2500 "
-                              "for *-tiny models on synthetic, 0 otherwise].", type=int),
+                              "trains on (synthetic only; 0: the train split) [default: "
+                              f"{TINY_PRETRAIN_VIDEOS} for *-tiny models on synthetic, 0 "
+                              "otherwise].", type=int),
     _opt("--stored-frames", "Frames per video in the shards [default: the most a cell needs].",
          type=int),
     _opt("--size", "Frame side of the shards in pixels [default: the model's input size].",
