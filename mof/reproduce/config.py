@@ -128,7 +128,7 @@ class Table4Config:
     frame_schedule: str = "phase"
     frame_lr: float | None = None
     inner_lr: float | None = None
-    eval_every: int = 2
+    eval_every: int = 3
     select: str = "last"
     train_args: dict[str, Any] = field(default_factory=dict)
     warm_start_epochs: int | None = None
