@@ -230,7 +230,8 @@ def eval_(quiet: bool, **options: object) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def index_(shards: tuple[str, ...], quiet: bool, **options: object) -> None:
     """Encode every video of the shards at U uniform frames into a search index (resumable)."""
-    from mof.search import IndexConfig, build_index
+    from mof.search.build import build_index
+    from mof.search.config import IndexConfig
 
     with _reported(options=True):
         config = IndexConfig(shards=list(shards), progress=not quiet, **options)
@@ -254,8 +255,9 @@ def index_(shards: tuple[str, ...], quiet: bool, **options: object) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 def search(as_json: bool, **options: object) -> None:
     """Rank the videos of INDEX for the text QUERY and print them with scores and paths."""
-    from mof.search import SearchConfig, format_results
-    from mof.search import search as run_search
+    from mof.search.config import SearchConfig
+    from mof.search.query import format_results
+    from mof.search.query import search as run_search
 
     with _reported(options=True):
         config = SearchConfig(**options)
@@ -274,7 +276,8 @@ def search(as_json: bool, **options: object) -> None:
 @click.option("--top", default=12, show_default=True, help="Results per query by default.")
 def serve(**options: object) -> None:
     """A local web page searching INDEX: query box, thumbnail strips, click to play."""
-    from mof.search import ServeConfig, serve_index
+    from mof.search.config import ServeConfig
+    from mof.search.server import serve_index
 
     with _reported(options=True):
         config = ServeConfig(**options)

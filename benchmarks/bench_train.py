@@ -323,7 +323,7 @@ def floor_passes(trainer) -> dict[str, Callable[[], object]]:
     an inner gradient on U, an outer forward-backward on R, an ε-gradient on U."""
     import torch
 
-    from mof.bilevel import inner_gradient, make_loss_fn
+    from mof.bilevel_passes import inner_gradient, make_loss_fn
     from mof.loss import contrastive_loss
     from mof.train.data import draw_phase
 

@@ -45,7 +45,8 @@ from mof.export_render import (
 from mof.frames import to_model_input
 from mof.models.contract import InputContract
 from pipeline.atomic import atomic_write_bytes, atomic_write_json
-from pipeline.framestore import FrameRows, FrameStore
+from pipeline.framestore import FrameStore
+from pipeline.framestore_format import FrameRows
 from pipeline.sampling import uniform_subset
 from pipeline.shard_samples import decode_sample, read_shard_samples, resolve_shards
 

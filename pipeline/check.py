@@ -23,14 +23,13 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from pipeline.manifests import (
-    ManifestError,
     load_splits,
     missing_files,
     parse_columns,
     read_split,
     resolve_dataset,
 )
-from pipeline.parsers.common import KNOWN_SPLITS, Problem
+from pipeline.parsers.common import KNOWN_SPLITS, ManifestError, Problem
 from pipeline.records import VideoRecord
 
 __all__ = ["CheckConfig", "CheckReport", "SplitReport", "check_dataset", "probe_video"]
@@ -267,7 +266,7 @@ def check_dataset(config: CheckConfig) -> CheckReport:
         The report; ``report.ok`` is false when any split has an error.
 
     Raises:
-        pipeline.manifests.ManifestError: the dataset itself cannot be resolved (unknown name,
+        pipeline.parsers.common.ManifestError: the dataset itself cannot be resolved (unknown name,
             invalid descriptor, unsupported or missing generic file).
     """
     root = Path(config.root)

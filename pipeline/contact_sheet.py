@@ -37,7 +37,8 @@ class InspectConfig:
     """Settings of ``mof-cli inspect``.
 
     Attributes:
-        shards: a shard directory, pattern or file (see :func:`pipeline.reader.resolve_shards`).
+        shards: a shard directory, pattern or file (see
+            :func:`pipeline.shard_samples.resolve_shards`).
         sheet: where to write the contact-sheet PNG; ``None`` for none.
         samples: rows of the contact sheet (the first samples in shard order).
         max_frames: frames shown per row at most (evenly spaced when R is larger).
@@ -166,7 +167,7 @@ def inspect_shards(config: InspectConfig) -> InspectReport:
     ``config.samples`` are decoded for the sheet.
 
     Raises:
-        pipeline.reader.ShardReadError: a shard or sample is corrupt.
+        pipeline.shard_samples.ShardReadError: a shard or sample is corrupt.
     """
     paths = resolve_shards(config.shards)
     report = InspectReport(shards=len(paths), bytes=sum(Path(p).stat().st_size for p in paths))

@@ -1,10 +1,10 @@
 """The MOF store's handle: open a store, read and write rows of U learnable frames and Adam state.
 
 The format (arrays, attributes, the :class:`FrameRows` record, creation, the sweep of orphan
-``*.partial`` files) is :mod:`pipeline.framestore_format`; its public names are importable from
-here too. Every array is chunked one video per chunk, and Zarr's local store writes each chunk
-to a temporary name and renames it, so a killed writer never leaves a torn chunk and processes
-writing disjoint rows never lose each other's updates. See ``docs/framestore.md``.
+``*.partial`` files) is :mod:`pipeline.framestore_format`; import its names from there. Every
+array is chunked one video per chunk, and Zarr's local store writes each chunk to a temporary
+name and renames it, so a killed writer never leaves a torn chunk and processes writing disjoint
+rows never lose each other's updates. See ``docs/framestore.md``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import numpy as np
 import zarr
 
 from pipeline.framestore_format import (
-    EXPECTABLE,
     FIELDS,
-    FRAME_STORE_FORMAT_VERSION,
     MIX_FIELDS,
     READABLE_FORMAT_VERSIONS,
     FrameRows,
@@ -36,18 +34,7 @@ from pipeline.framestore_format import (
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are never evaluated here
     from typing import Self
 
-__all__ = [
-    "EXPECTABLE",
-    "FIELDS",
-    "FRAME_STORE_FORMAT_VERSION",
-    "MIX_FIELDS",
-    "FrameRows",
-    "FrameStore",
-    "FrameStoreMismatchError",
-    "bytes_per_video",
-    "check_fields",
-    "sweep_partial_files",
-]
+__all__ = ["FrameStore"]
 
 _STATE_ARRAYS = FIELDS[:3]  # the float arrays of a row's frames
 

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.framestore import FrameRows, FrameStore, check_fields
+from pipeline.framestore import FrameStore
+from pipeline.framestore_format import FrameRows, check_fields
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are never evaluated here
     from typing import Self

@@ -29,17 +29,12 @@ from pipeline.parsers.common import (
     ProblemLog,
     SplitSpec,
 )
-from pipeline.parsers.descriptor import MANIFEST_DIR, list_datasets, load_descriptor
+from pipeline.parsers.descriptor import list_datasets, load_descriptor
 from pipeline.parsers.generic import COLUMNS
 from pipeline.records import VideoRecord
 
 __all__ = [
     "GENERIC_SUFFIXES",
-    "MANIFEST_DIR",
-    "Descriptor",
-    "ManifestError",
-    "list_datasets",
-    "load_descriptor",
     "load_records",
     "load_splits",
     "missing_files",

@@ -44,21 +44,12 @@ import webdataset as wds
 
 from pipeline.records import ShardSample
 from pipeline.shard_samples import (
-    ShardReadError,
     decode_samples,
-    iter_shard,
     read_shard_samples,
     resolve_shards,
 )
 
-__all__ = [
-    "ShardDataset",
-    "ShardReadError",
-    "iter_shard",
-    "resolve_shards",
-    "shards_for_worker",
-    "split_by_rank",
-]
+__all__ = ["ShardDataset", "shards_for_worker", "split_by_rank"]
 
 
 def split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:

@@ -378,7 +378,7 @@ def write_shards(config: ShardConfig, progress: bool = True) -> ShardSummary:
         those that now decode.
 
     Raises:
-        pipeline.manifests.ManifestError: the manifest cannot be read.
+        pipeline.parsers.common.ManifestError: the manifest cannot be read.
         ShardConfigMismatch: ``config.out`` holds a different run's shards.
         ShardInterrupted: SIGINT or SIGTERM; the message says how to resume.
     """

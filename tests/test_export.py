@@ -23,8 +23,8 @@ from cli import main
 from mof.export import ExportConfig, export_frames
 from mof.train import train
 from pipeline.framestore import FrameStore
-from pipeline.reader import iter_shard, resolve_shards
 from pipeline.sampling import uniform_subset
+from pipeline.shard_samples import iter_shard, resolve_shards
 from tests.train_data import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

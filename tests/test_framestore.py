@@ -18,10 +18,10 @@ import pytest
 import zarr
 import zarr.storage
 
-from pipeline.framestore import (
+from pipeline.framestore import FrameStore
+from pipeline.framestore_format import (
     FIELDS,
     FrameRows,
-    FrameStore,
     FrameStoreMismatchError,
     bytes_per_video,
     sweep_partial_files,

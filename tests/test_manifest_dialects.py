@@ -7,13 +7,8 @@ import json
 
 import pytest
 
-from pipeline.manifests import (
-    ManifestError,
-    load_records,
-    load_splits,
-    parse_columns,
-    resolve_dataset,
-)
+from pipeline.manifests import load_records, load_splits, parse_columns, resolve_dataset
+from pipeline.parsers.common import ManifestError
 from pipeline.parsers.readers import sniff_delimiter
 from tests.fixtures_annotations import (
     write_csv,

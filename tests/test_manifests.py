@@ -11,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifests import (
-    ManifestError,
-    list_datasets,
-    load_descriptor,
-    load_records,
-    load_splits,
-    missing_files,
-    resolve_dataset,
-)
+from pipeline.manifests import load_records, load_splits, missing_files, resolve_dataset
+from pipeline.parsers.common import ManifestError
+from pipeline.parsers.descriptor import list_datasets, load_descriptor
 from pipeline.parsers.msvd import load_caption_pickle
 from tests.fixtures_annotations import (
     didemo_full,

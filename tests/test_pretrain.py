@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mof.reproduce import Table4Config, reproduce_table4
-from mof.reproduce.config import PRETRAIN_SEED, TINY_PRETRAIN_VIDEOS
+from mof.reproduce import reproduce_table4
+from mof.reproduce.config import PRETRAIN_SEED, TINY_PRETRAIN_VIDEOS, Table4Config
 from mof.reproduce.grid import Cell
 from mof.reproduce.runner import cell_dir, shard_paths
 from mof.reproduce.warm_start import run_warm_start, warm_start_dir

@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader
 
 from cli import main
 from pipeline.contact_sheet import CAPTION_HEIGHT
-from pipeline.reader import ShardDataset, ShardReadError, iter_shard, resolve_shards
+from pipeline.reader import ShardDataset
 from pipeline.shard import ShardConfig, write_shards
+from pipeline.shard_samples import ShardReadError, iter_shard, resolve_shards
 from tests.test_shard import make_dataset
 
 VIDEOS = [f"v{i:02d}" for i in range(10)]

@@ -17,8 +17,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from mof.reproduce import Table4Config, reproduce_table4
+from mof.reproduce import reproduce_table4
 from mof.reproduce.aggregate import compare, load_results, mean_std, summarize
+from mof.reproduce.config import Table4Config
 from mof.reproduce.grid import (
     DEFAULT_GRID,
     PAPER_TABLE4,

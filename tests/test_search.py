@@ -24,17 +24,14 @@ from cli import main
 from mof.evaluate import resolve_checkpoint
 from mof.frames import to_model_input
 from mof.models.io import load_model
-from mof.search import (
-    IndexConfig,
-    SearchConfig,
-    SearchIndexError,
-    build_index,
-    load_index,
-    search,
-)
+from mof.search.build import build_index
+from mof.search.config import IndexConfig, SearchConfig
+from mof.search.query import search
+from mof.search.store import SearchIndexError, load_index
 from mof.train import train
-from pipeline.reader import ShardDataset, resolve_shards
+from pipeline.reader import ShardDataset
 from pipeline.sampling import uniform_subset
+from pipeline.shard_samples import resolve_shards
 from tests.train_data import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from mof.models import create_model
 from mof.models.io import load_model
-from mof.train import ConfigError, TrainConfig, load_train_config, train
+from mof.train import train
+from mof.train.config import ConfigError, TrainConfig, load_train_config
 from mof.train.phases import FrameState, frame_level_update
 from mof.train.trainer import Trainer
 from pipeline.framestore import FrameStore
@@ -159,7 +160,7 @@ def test_yaml_config_then_command_line_options(tmp_path):
 
 
 def test_resume_rejects_changed_settings(tmp_path):
-    from mof.train import save_train_config
+    from mof.train.config import save_train_config
 
     save_train_config(TrainConfig(model="frozen-tiny", train="t", out=str(tmp_path)),
                       tmp_path / "config.yaml")

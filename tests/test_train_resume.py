@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mof.train import load_train_config, train
+from mof.train import train
 from mof.train.checkpoint import RowJournal
+from mof.train.config import load_train_config
 from pipeline.framestore import FrameStore
 from tests.train_data import tiny_config
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mof.train import TrainConfig
+from mof.train.config import TrainConfig
 
 STORED_FRAMES = 8
 TRAIN_VIDEOS = 12

@@ -20,17 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mof.reproduce.config import Table4Config
-from mof.reproduce.grid import DEFAULT_GRID, PAPER_TABLE4, Cell, parse_grid
 
-__all__ = [
-    "DEFAULT_GRID",
-    "PAPER_TABLE4",
-    "Cell",
-    "Table4Config",
-    "Table4Summary",
-    "parse_grid",
-    "reproduce_table4",
-]
+__all__ = ["Table4Summary", "reproduce_table4"]
 
 
 @dataclass

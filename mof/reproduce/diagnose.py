@@ -110,7 +110,8 @@ def _batch(run: Path, size: int, device: torch.device):
 
 def meta_gradient_probe(run: Path, batch_size: int = 16) -> dict[str, Any]:
     """The meta-gradient on the trained model and the first ``batch_size`` training videos."""
-    from mof.bilevel import inner_gradient, make_loss_fn, meta_gradient, sgd_step
+    from mof.bilevel import meta_gradient
+    from mof.bilevel_passes import inner_gradient, make_loss_fn, sgd_step
     from mof.frames import to_model_input
     from mof.loss import contrastive_loss
     from mof.models.io import load_model

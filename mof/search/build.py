@@ -159,8 +159,8 @@ def _encode_chunk(model, shard: Path, manifest: dict[str, Any], out: Path, name:
                   config: IndexConfig, seen: dict[str, str], bar) -> tuple[int, float]:
     """Encode one shard into chunk ``name``'s files; return (videos, model seconds)."""
     from mof.split_encoding import encode_video_batches
-    from pipeline.reader import iter_shard
     from pipeline.sampling import uniform_subset
+    from pipeline.shard_samples import iter_shard
 
     root = _shard_root(shard)
     if root is not None and root not in manifest["roots"]:
@@ -233,7 +233,7 @@ def build_index(config: IndexConfig) -> IndexSummary:
 
     from mof.models.io import load_model
     from mof.split_encoding import count_videos, eval_mode, resolve_device
-    from pipeline.reader import resolve_shards
+    from pipeline.shard_samples import resolve_shards
 
     start = time.perf_counter()
     out = Path(config.out)

@@ -63,7 +63,7 @@ class TrainStream:
     """Batches of this rank's shards, in a deterministic order per ``(seed, epoch)``.
 
     Args:
-        shards: shard paths (from ``pipeline.reader.resolve_shards``).
+        shards: shard paths (from ``pipeline.shard_samples.resolve_shards``).
         batch_size: videos per batch on this rank.
         seed: shuffling seed.
         rank: this process's rank; ``world_size`` the number of processes.

@@ -58,9 +58,9 @@ from mof.train.store_setup import (
     open_frame_store,
     scan_train_shards,
 )
-from pipeline.framestore import FrameRows
+from pipeline.framestore_format import FrameRows
 from pipeline.framestore_io import AsyncFrameIO, PendingRead
-from pipeline.reader import resolve_shards
+from pipeline.shard_samples import resolve_shards
 
 __all__ = ["Trainer"]
 
