@@ -68,7 +68,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(quiet: bool, **options: object) -> None:
     """Generate the embedded synthetic text-video dataset (H.264 videos + annotations.jsonl)."""
-    from pipeline.synth import SynthConfig, generate_synthetic
+    from pipeline.synth.dataset import SynthConfig, generate_synthetic
 
     with _reported(options=True):
         cfg = SynthConfig(progress=not quiet, **options)
@@ -91,7 +91,7 @@ def synth(quiet: bool, **options: object) -> None:
 @click.option("--listed", default=20, show_default=True, help="Items listed per kind of error.")
 def check(**options: object) -> None:
     """Validate a dataset's annotations and video files; exit 1 on any error."""
-    from pipeline.check import CheckConfig, check_dataset
+    from pipeline.datasets.check import CheckConfig, check_dataset
 
     with _reported(options=True):
         config = CheckConfig(**options)
@@ -134,9 +134,9 @@ def check(**options: object) -> None:
               "those that decode now go into new shards.")
 def shard(merge_index: str | None, **options: object) -> None:
     """Decode every video of a split into R frames and write WebDataset shards + index.json."""
-    from pipeline.index import merge_indexes
     from pipeline.interrupt import ShardInterrupted
-    from pipeline.shard import ShardConfig, write_shards
+    from pipeline.shards.index import merge_indexes
+    from pipeline.shards.write import ShardConfig, write_shards
 
     if merge_index:
         with _reported():
@@ -166,7 +166,7 @@ def shard(merge_index: str | None, **options: object) -> None:
               help="Frames per row at most (evenly spaced).")
 def inspect(shards: tuple[str, ...], sheet: str | None, samples: int, max_frames: int) -> None:
     """Count what SHARDS hold (a shard directory, patterns or files) and draw a contact sheet."""
-    from pipeline.contact_sheet import InspectConfig, inspect_shards
+    from pipeline.shards.contact_sheet import InspectConfig, inspect_shards
 
     with _reported(options=True):
         config = InspectConfig(list(shards), sheet=sheet, samples=samples, max_frames=max_frames)

@@ -69,8 +69,8 @@ _local = threading.local()
 
 def make_shards(cache: Path, videos: int, stored: int) -> str:
     """Synthetic train shards of ``videos`` videos with ``stored`` frames of 64 px (cached)."""
-    from pipeline.shard import ShardConfig, write_shards
-    from pipeline.synth import SynthConfig, generate_synthetic
+    from pipeline.shards.write import ShardConfig, write_shards
+    from pipeline.synth.dataset import SynthConfig, generate_synthetic
 
     raw, out = cache / f"raw-{videos}", cache / f"train-{videos}x{stored}"
     if not (out / "index.json").is_file():

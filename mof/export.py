@@ -45,10 +45,10 @@ from mof.export_render import (
 from mof.frames import to_model_input
 from mof.models.contract import InputContract
 from pipeline.atomic import atomic_write_bytes, atomic_write_json
-from pipeline.framestore import FrameStore
-from pipeline.framestore_format import FrameRows
+from pipeline.framestore.format import FrameRows
+from pipeline.framestore.store import FrameStore
 from pipeline.sampling import uniform_subset
-from pipeline.shard_samples import decode_sample, read_shard_samples, resolve_shards
+from pipeline.shards.samples import decode_sample, read_shard_samples, resolve_shards
 
 __all__ = ["DEFAULT_NUM", "ExportConfig", "export_frames", "format_summary"]
 
@@ -234,7 +234,7 @@ def _export_video(video_id: str, row: int, sample: dict[str, Any], state: FrameR
     atomic_write_bytes(folder / "grid.png", png_bytes(image))
     files["grid"] = str(folder / "grid.png")
     if ctx.config.mp4:
-        from pipeline.synth_render import encode_mp4
+        from pipeline.synth.render import encode_mp4
 
         frames = shown["mof"]
         pad = ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0))

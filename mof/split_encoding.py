@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from mof.frames import to_model_input
 from mof.models.contract import RetrievalModel
-from pipeline.records import ShardSample
+from pipeline.datasets.records import ShardSample
 
 __all__ = ["autocast_for", "count_videos", "device_problem", "encode_texts", "encode_video_batches",
            "encode_videos", "eval_mode", "resolve_device", "sync"]
@@ -61,7 +61,7 @@ def sync(device: torch.device) -> None:
 
 def count_videos(shards: list[str]) -> int | None:
     """Videos in ``shards`` from their directories' ``index.json`` (for the progress bar)."""
-    from pipeline.index import read_index
+    from pipeline.shards.index import read_index
 
     counts: dict[str, int] = {}
     for parent in {str(Path(s).parent) for s in shards}:
@@ -154,7 +154,7 @@ def _checked(samples: Iterable[ShardSample], captions: list[list[str]],
 
 def encode_videos(model, shards, frames, batch_size, progress):
     """Encode every video: embeddings ``(V, D)`` float32, captions per video, and stats."""
-    from pipeline.reader import ShardDataset
+    from pipeline.shards.reader import ShardDataset
 
     captions: list[list[str]] = []
     stats: dict[str, Any] = {"stored": set(), "datasets": set(), "splits": set()}

@@ -12,8 +12,8 @@ from mof.bilevel_passes import inner_gradient, make_loss_fn, sgd_step
 from mof.loss import contrastive_loss
 from mof.models import create_model, list_models
 from mof.models.tokenizer import WordTokenizer
-from pipeline.framestore import FrameStore
-from pipeline.framestore_format import FrameRows
+from pipeline.framestore.format import FrameRows
+from pipeline.framestore.store import FrameStore
 
 TINY = list_models("*-tiny")
 CAPTIONS = ["a man is cooking pasta in a kitchen", "a dog runs across the park",

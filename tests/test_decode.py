@@ -14,7 +14,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.decode import (
+from pipeline.decode.pyav import frame_to_rgb
+from pipeline.decode.video import (
     DecodedVideo,
     DecodeError,
     available_backends,
@@ -22,7 +23,6 @@ from pipeline.decode import (
     resized_shape,
     resolve_backend,
 )
-from pipeline.decode_pyav import frame_to_rgb
 from pipeline.sampling import segment_midpoints, uniform_subset
 from tests.videos import (
     QUADRANT_COLOURS,

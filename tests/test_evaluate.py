@@ -17,8 +17,8 @@ from mof.metrics import retrieval_metrics
 from mof.models import create_model
 from mof.models.io import save_model
 from mof.models.tokenizer import WordTokenizer
-from pipeline.reader import ShardDataset
 from pipeline.sampling import uniform_subset
+from pipeline.shards.reader import ShardDataset
 
 NUM_VIDEOS, CAPTIONS, STORED = 40, 2, 8
 

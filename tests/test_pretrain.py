@@ -17,7 +17,7 @@ from mof.reproduce.config import PRETRAIN_SEED, TINY_PRETRAIN_VIDEOS, Table4Conf
 from mof.reproduce.grid import Cell
 from mof.reproduce.runner import cell_dir, shard_paths
 from mof.reproduce.warm_start import run_warm_start, warm_start_dir
-from pipeline.index import read_index
+from pipeline.shards.index import read_index
 from tests.table4_micro import micro_config
 
 

@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.decode import decode_video
-from pipeline.index import ShardIndexError, merge_indexes, read_index
-from pipeline.reader import ShardDataset
-from pipeline.shard import ShardConfig, ShardConfigMismatch, write_shards
-from pipeline.shard_worker import sanitise_keys
+from pipeline.decode.video import decode_video
+from pipeline.shards.index import ShardIndexError, merge_indexes, read_index
+from pipeline.shards.reader import ShardDataset
+from pipeline.shards.worker import sanitise_keys
+from pipeline.shards.write import ShardConfig, ShardConfigMismatch, write_shards
 from tests.videos import make_video
 from tests.videos import read_index as frame_number
 

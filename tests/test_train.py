@@ -19,7 +19,7 @@ from mof.train import train
 from mof.train.config import ConfigError, TrainConfig, load_train_config
 from mof.train.phases import FrameState, frame_level_update
 from mof.train.trainer import Trainer
-from pipeline.framestore import FrameStore
+from pipeline.framestore.store import FrameStore
 from tests.train_data import TRAIN_VIDEOS, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -30,9 +30,9 @@ from mof.train.phases import (
     frame_level_update,
     model_level_step,
 )
-from pipeline.framestore import FrameStore
+from pipeline.framestore.store import FrameStore
 from pipeline.sampling import uniform_subset
-from pipeline.shard_samples import resolve_shards
+from pipeline.shards.samples import resolve_shards
 from tests.train_data import TRAIN_VIDEOS
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from mof.train import train
 from mof.train.checkpoint import RowJournal
 from mof.train.config import load_train_config
-from pipeline.framestore import FrameStore
+from pipeline.framestore.store import FrameStore
 from tests.train_data import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -156,7 +156,7 @@ def shard_paths(cfg: Table4Config) -> ShardPaths:
 
 def _write_split(cfg: Table4Config, root: str, split: str, out: Path, frames: int,
                  size: int) -> None:
-    from pipeline.shard import ShardConfig, write_shards
+    from pipeline.shards.write import ShardConfig, write_shards
 
     summary = write_shards(ShardConfig(
         dataset=cfg.dataset, root=root, split=split, out=str(out), frames=frames, size=size,
@@ -172,7 +172,7 @@ def _prepare_pretrain(cfg: Table4Config) -> None:
     if out is None:
         return
     from mof.reproduce.config import PRETRAIN_SEED
-    from pipeline.synth import SynthConfig, generate_synthetic
+    from pipeline.synth.dataset import SynthConfig, generate_synthetic
 
     root = Path(cfg.work) / SYNTHETIC / _pretrain_name(cfg)
     generate_synthetic(SynthConfig(out=root, seed=PRETRAIN_SEED, train=cfg.resolved_pretrain_videos,
@@ -190,7 +190,7 @@ def prepare_data(cfg: Table4Config) -> ShardPaths:
     """
     root = cfg.root
     if cfg.dataset == SYNTHETIC and root is None:
-        from pipeline.synth import SynthConfig, generate_synthetic
+        from pipeline.synth.dataset import SynthConfig, generate_synthetic
 
         root = str(Path(cfg.work) / SYNTHETIC / "data")
         generate_synthetic(SynthConfig(out=Path(root), train=cfg.synth_train,

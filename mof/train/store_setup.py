@@ -25,9 +25,9 @@ from mof.frames import to_model_input
 from mof.models.contract import InputContract
 from mof.train.data import anchor_positions
 from mof.train.distributed import DistInfo, all_gather_objects, barrier
-from pipeline.framestore import FrameStore
-from pipeline.reader import ShardDataset
+from pipeline.framestore.store import FrameStore
 from pipeline.sampling import uniform_subset
+from pipeline.shards.reader import ShardDataset
 
 __all__ = [
     "TrainIndex",
