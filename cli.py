@@ -200,7 +200,7 @@ def inspect(shards: tuple[str, ...], sheet: str | None, samples: int, max_frames
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_(quiet: bool, **options: object) -> None:
     """Encode the test shards with U uniform frames, rank, print and write metrics.json."""
-    from mof.evaluate import EvalConfig, evaluate, format_report
+    from mof.evaluate.evaluate import EvalConfig, evaluate, format_report
 
     with _reported(options=True):
         config = EvalConfig(progress=not quiet, **options)
@@ -323,7 +323,7 @@ def train(quiet: bool, **options: object) -> None:
 def export_frames_(ids: tuple[str, ...], shards: tuple[str, ...], quiet: bool,
                    **options: object) -> None:
     """Write a run's learned MOF frames beside its regular and initial frames (Fig. 7 grids)."""
-    from mof.export import ExportConfig, export_frames, format_summary
+    from mof.export.export import ExportConfig, export_frames, format_summary
 
     with _reported(options=True):
         config = ExportConfig(ids=list(ids), shards=list(shards) or None, progress=not quiet,

@@ -8,7 +8,7 @@ from cli import USER_ERRORS, main
 from mof.reproduce.runner import CellMismatch
 from mof.train.config import ConfigError
 from pipeline.datasets.parsers.common import ManifestError
-from pipeline.decode.video import DecodeError
+from pipeline.decode.common import DecodeError
 from pipeline.errors import MofError
 from pipeline.framestore.format import FrameStoreMismatchError
 from pipeline.shards.index import ShardIndexError

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from cli import main
-from mof.evaluate import EvalConfig, evaluate, evaluate_model, resolve_checkpoint
+from mof.evaluate.evaluate import EvalConfig, evaluate, evaluate_model, resolve_checkpoint
 from mof.frames import to_model_input
 from mof.metrics import retrieval_metrics
 from mof.models import create_model

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from mof.export import ExportConfig, export_frames
+from mof.export.export import ExportConfig, export_frames
 from mof.train import train
 from pipeline.framestore.store import FrameStore
 from pipeline.sampling import uniform_subset

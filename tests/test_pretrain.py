@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from mof.reproduce import reproduce_table4
-from mof.reproduce.config import PRETRAIN_SEED, TINY_PRETRAIN_VIDEOS, Table4Config
+from mof.reproduce.config import TINY_PRETRAIN_VIDEOS, Table4Config
 from mof.reproduce.grid import Cell
-from mof.reproduce.runner import cell_dir, shard_paths
-from mof.reproduce.warm_start import run_warm_start, warm_start_dir
+from mof.reproduce.paths import PRETRAIN_SEED, cell_dir, warm_start_dir
+from mof.reproduce.runner import shard_paths
+from mof.reproduce.warm_start import run_warm_start
 from pipeline.shards.index import read_index
 from tests.table4_micro import micro_config
 

@@ -27,8 +27,7 @@ from mof.reproduce.grid import (
     equal_cost_baseline,
     parse_grid,
 )
-from mof.reproduce.runner import cell_dir
-from mof.reproduce.warm_start import warm_start_dir, warm_start_path
+from mof.reproduce.paths import cell_dir, warm_start_dir, warm_start_path
 from tests.table4_micro import micro_config
 
 GRID = "1,16:1"

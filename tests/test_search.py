@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from mof.evaluate import resolve_checkpoint
+from mof.evaluate.evaluate import resolve_checkpoint
 from mof.frames import to_model_input
 from mof.models.io import load_model
 from mof.search.build import build_index

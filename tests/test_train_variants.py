@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from mof.export import ExportConfig, export_frames
-from mof.export_render import mix_strips
+from mof.export.export import ExportConfig, export_frames
+from mof.export.render import mix_strips
 from mof.frame_mix import mix_frames
 from mof.train import train
 from mof.train.config import load_train_config

@@ -35,7 +35,7 @@ import yaml
 
 from mof.reproduce.config import Table4Config
 from mof.reproduce.grid import Cell, equal_cost_baseline
-from mof.reproduce.runner import cell_dir
+from mof.reproduce.paths import cell_dir
 
 __all__ = ["collapsed_runs", "diagnose", "frame_drift", "meta_gradient_probe",
            "more_frames_at_training", "training_fit"]
@@ -214,7 +214,7 @@ def training_fit(run: Path, videos: int = 500) -> dict[str, Any]:
 
 def more_frames_at_training(cfg: Table4Config, shards: str) -> list[dict[str, Any]]:
     """Each baseline trained on R frames tested on every smaller U of the grid's baselines."""
-    from mof.evaluate import EvalConfig, evaluate
+    from mof.evaluate.evaluate import EvalConfig, evaluate
 
     baselines = sorted(c.used for c in cfg.cells if not c.is_mof)
     rows = []

@@ -35,7 +35,7 @@ def build_model(name: str, model_args: dict, captions: list[str], seed: int,
     if checkpoint_dir is not None:
         return load_model(checkpoint_dir)
     if init_from is not None:
-        from mof.evaluate import resolve_checkpoint
+        from mof.evaluate.evaluate import resolve_checkpoint
 
         model = load_model(resolve_checkpoint(init_from)[0])
         if model.spec.get("name") != name:

@@ -168,8 +168,8 @@ def probe_video(path: str) -> tuple[str | None, str | None]:
     Returns:
         ``(codec, None)`` for a readable video, ``(None, reason)`` otherwise.
     """
+    from pipeline.decode.common import DecodeError
     from pipeline.decode.pyav import open_video
-    from pipeline.decode.video import DecodeError
 
     try:
         container, stream = open_video(Path(path))

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.decode.video import DecodedVideo
+from pipeline.decode.common import DecodedVideo
 
 __all__ = ["DEVICES", "cuda_device_count", "dali_installed", "decode_dali", "is_available"]
 

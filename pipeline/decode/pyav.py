@@ -35,7 +35,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from pipeline.decode.video import DecodedVideo, DecodeError, resized_shape
+from pipeline.decode.common import DecodedVideo, DecodeError, resized_shape
 from pipeline.sampling import segment_midpoints
 
 __all__ = [

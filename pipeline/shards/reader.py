@@ -4,7 +4,8 @@
 ``mof-cli shard``. Each pass builds a WebDataset pipeline (``wds.DataPipeline``): the epoch's
 shard list, a split by rank, WebDataset's split by DataLoader worker, tar streaming and grouping
 by key (:func:`~pipeline.shards.samples.read_shard_samples`), WebDataset's shuffle buffer and
-decoding into :class:`~pipeline.datasets.records.ShardSample` dicts. Work is split at shard granularity:
+decoding into :class:`~pipeline.datasets.records.ShardSample` dicts. Work is split at shard
+granularity:
 
 - The shard list is put in a ``(seed, epoch)`` order (kept as given when ``shuffle == 0``),
   the same on every rank; rank ``r`` of ``W`` takes shards ``r, r + W, ...`` and worker ``w``

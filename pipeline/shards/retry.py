@@ -29,7 +29,8 @@ __all__ = ["current_errors", "reconcile_errors", "retry_shards", "retry_tasks", 
 
 
 def _prefix(plan: list[ShardTask]) -> str:
-    """``<dataset>-<split>-``: the shard names' common part (see ``pipeline.shards.index.shard_name``)."""
+    """``<dataset>-<split>-``: the shard names' common part (see
+    :func:`pipeline.shards.index.shard_name`)."""
     return plan[0].name[: -len("000000.tar")]
 
 

@@ -3,9 +3,9 @@
 WebDataset's tar stages stream a shard's members and group them by key into raw samples
 (``{"__key__", "__url__", "frames.npy", "json"}``). This module adds what is ours: shard
 sources (a shard directory read through its ``index.json``), the decoded
-:class:`~pipeline.datasets.records.ShardSample`, and errors that name the shard and the sample key
-(:class:`ShardReadError`). :mod:`pipeline.shards.reader` builds the training pipeline on these stages;
-``mof-cli inspect`` and ``mof-cli export-frames`` use them directly.
+:class:`~pipeline.datasets.records.ShardSample`, and errors that name the shard and the sample
+key (:class:`ShardReadError`). :mod:`pipeline.shards.reader` builds the training pipeline on
+these stages; ``mof-cli inspect`` and ``mof-cli export-frames`` use them directly.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from pipeline.datasets.records import ShardSample
 from pipeline.errors import MofError
 from pipeline.shards.index import read_index
-from pipeline.datasets.records import ShardSample
 
 __all__ = [
     "ShardReadError",

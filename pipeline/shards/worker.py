@@ -25,8 +25,8 @@ import numpy as np
 import webdataset as wds
 
 from pipeline.atomic import atomic_path, atomic_write_bytes
-from pipeline.shards.index import errors_sidecar, shard_name
 from pipeline.datasets.records import SHARD_FORMAT_VERSION, VideoRecord
+from pipeline.shards.index import errors_sidecar, shard_name
 
 __all__ = [
     "ShardResult",
@@ -130,7 +130,8 @@ def _encode_video(
     record: VideoRecord, key: str, settings: WorkerSettings
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Decode one video into a sample dict, or describe why not (errors are values here)."""
-    from pipeline.decode.video import DecodeError, decode_video
+    from pipeline.decode.common import DecodeError
+    from pipeline.decode.video import decode_video
 
     path = Path(settings.root) / record.path
     if not path.is_file():

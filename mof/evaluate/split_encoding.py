@@ -1,7 +1,7 @@
 """Encoding a test split: every video with U uniform frames and every caption, in batches.
 
-The helpers :func:`mof.evaluate.evaluate_model` times and ranks with. Videos are read from the
-shards in order on one process (an evaluation reads every shard even inside a DDP job);
+The helpers :func:`mof.evaluate.evaluate.evaluate_model` times and ranks with. Videos are read
+from the shards in order on one process (an evaluation reads every shard even inside a DDP job);
 embeddings come back in float32 whatever the autocast.
 """
 

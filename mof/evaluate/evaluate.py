@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from mof.metrics import CONVENTIONS, count_ranks, summarize
-from mof.models.contract import RetrievalModel
-from mof.split_encoding import (
+from mof.evaluate.split_encoding import (
     device_problem,
     encode_texts,
     encode_videos,
     eval_mode,
     resolve_device,
 )
+from mof.metrics import CONVENTIONS, count_ranks, summarize
+from mof.models.contract import RetrievalModel
 
 __all__ = [
     "EVAL_FORMAT_VERSION",

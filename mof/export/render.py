@@ -1,6 +1,6 @@
 """Pictures for ``mof-cli export-frames``: de-normalised frames, PNGs, the Fig. 7 grid, index.html.
 
-Pure rendering: arrays in, images and bytes out; :mod:`mof.export` decides what to draw.
+Pure rendering: arrays in, images and bytes out; :mod:`mof.export.export` decides what to draw.
 """
 
 from __future__ import annotations

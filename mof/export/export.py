@@ -5,7 +5,7 @@ For each chosen training video, under ``OUT/<video id>/``: ``regular/``, ``unifo
 uniform frames the store was initialised with, and the U learned frames de-normalised with the
 store's mean/std), ``grid.png`` (the paper's Fig. 7 rows "regular (R)", "uniform init (U)",
 "MOF (U)" and a caption), optionally ``mof.mp4`` and, for Frozen models, the first block's
-text-to-patch attention overlays (:mod:`mof.attention_overlay`). ``OUT/summary.json`` lists
+text-to-patch attention overlays (:mod:`mof.export.attention_overlay`). ``OUT/summary.json`` lists
 every file and ``OUT/index.html`` shows the grids; docs/cli.md has the details.
 
 The store is opened read-only and no lock is taken, so a run that is still training can be
@@ -28,13 +28,13 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from mof.attention_overlay import (
+from mof.export.attention_overlay import (
     ATTENTION_DEFINITION,
     overlay_attention,
     supports_attention,
     text_patch_attention,
 )
-from mof.export_render import (
+from mof.export.render import (
     denormalize,
     index_html,
     mix_strips,
