@@ -26,10 +26,13 @@ from queue import Empty
 from typing import Any
 
 from pipeline.atomic import TEMP_SUFFIX, atomic_write_json, temporaries
+from pipeline.datasets.records import SHARD_FORMAT_VERSION
 from pipeline.errors import MofError
+from pipeline.interrupt import ShardInterrupted, Terminated, terminate_as_interrupt
 from pipeline.shards.index import (
     INDEX_NAME,
     RUN_CONFIG_NAME,
+    SAMPLES_NAME,
     build_index,
     config_differences,
     errors_sidecar,
@@ -37,9 +40,8 @@ from pipeline.shards.index import (
     partial_index_name,
     read_errors,
     write_errors,
+    write_index,
 )
-from pipeline.interrupt import ShardInterrupted, Terminated, terminate_as_interrupt
-from pipeline.datasets.records import SHARD_FORMAT_VERSION
 from pipeline.shards.retry import reconcile_errors, retry_shards, shard_names
 from pipeline.shards.worker import (
     ShardResult,
@@ -88,8 +90,9 @@ class ShardConfig:
         columns: the columns of a generic ``.csv`` / ``.tsv`` file without a header row
             (``caption,path``).
         retry_failed: after finishing the run, re-attempt the videos of ``errors.jsonl``.
-        videos: a folder of videos to shard without annotations (``pipeline.datasets.video_folder``);
-            it is the root, ``dataset`` defaults to its name and ``split`` to ``test``.
+        videos: a folder of videos to shard without annotations
+            (:mod:`pipeline.datasets.video_folder`); it is the root, ``dataset`` defaults to its
+            name and ``split`` to ``test``.
     """
 
     dataset: str | None
@@ -109,10 +112,10 @@ class ShardConfig:
     videos: str | None = None
 
     def __post_init__(self) -> None:
-        from pipeline.decode.video import BACKENDS
         from pipeline.datasets.manifests import parse_columns
         from pipeline.datasets.parsers.generic import DEFAULT_SPLIT
         from pipeline.datasets.video_folder import folder_dataset_name
+        from pipeline.decode.video import BACKENDS
 
         problems = []
         if self.videos is not None:
@@ -349,7 +352,7 @@ def _finish(
         names = shard_names(out, plan)  # with the shards of earlier --retry-failed runs
         reconcile_errors(out, names, plan)
         write_errors(out, names)
-        atomic_write_json(out / INDEX_NAME, build_index(out, names, resolved))
+        write_index(out, names, resolved)
         return str(out / INDEX_NAME), notes
     node = {"rank": config.node_rank, "num_nodes": config.num_nodes}
     partial = out / partial_index_name(config.node_rank, config.num_nodes)
@@ -395,8 +398,8 @@ def write_shards(config: ShardConfig, progress: bool = True) -> ShardSummary:
 
 
 def _write_shards(config: ShardConfig, progress: bool) -> ShardSummary:
-    from pipeline.decode.video import resolve_backend
     from pipeline.datasets.manifests import load_records, parse_columns, resolve_dataset
+    from pipeline.decode.video import resolve_backend
 
     start = time.perf_counter()
     out = Path(config.out)
@@ -431,6 +434,10 @@ def _write_shards(config: ShardConfig, progress: bool) -> ShardSummary:
     )
     if not todo and finished_index.exists():
         summary.nothing_to_do = not config.retry_failed
+        if config.num_nodes == 1 and not (out / SAMPLES_NAME).exists():
+            # An index without its samples sidecar (an older writer's): list the samples now,
+            # reading the json members of the shards only.
+            summary.index, summary.notes = _finish(out, config, resolved, plan, own)
     else:
         results = _run_tasks(todo, settings, config.workers, progress)
         summary.written = sum(r.samples for r in results)
