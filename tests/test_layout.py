@@ -1,5 +1,6 @@
 """The layout keeps its promises (docs/architecture.md): the library imports no application,
-``pipeline`` imports no ``mof``, no module re-exports another's names, and no import cycles.
+``pipeline`` imports no ``mof``, no module re-exports another's names, no import cycles, and
+the docs name only paths, modules and names that exist.
 
 Everything but the first test reads the sources with :mod:`ast`, so a lazy import inside a
 function counts as much as one at the top of a module (only ``if TYPE_CHECKING:`` blocks, which
@@ -9,7 +10,9 @@ never run, are left out).
 from __future__ import annotations
 
 import ast
+import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +161,62 @@ def test_the_cycle_finder_finds_a_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set()}
     assert _find_cycle(graph) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+#: Docs pages whose code spans name files and modules (the results pages quote past runs).
+DOC_PAGES = sorted((REPO / "docs").glob("*.md"))
+_SPAN = re.compile(r"`([^`\n]+)`")
+_PATH = re.compile(r"^(mof|pipeline|tests|benchmarks|manifests)/[\w./-]*$")
+_DOTTED = re.compile(r"^(mof|pipeline)(\.\w+)+$")
+_DOC_IMPORT = re.compile(r"^from ((?:mof|pipeline)[\w.]*) import ([\w, ]+)$")
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``a.b.c`` is a module, or a module's attribute path (``module.Class.method``)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+        return True
+    return False
+
+
+def test_docs_name_only_paths_and_modules_that_exist():
+    dangling = []
+    for page in DOC_PAGES:
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            for span in _SPAN.findall(line):
+                for token in re.split(r"[\s,()]+", span):
+                    token = token.split("::")[0].rstrip(":.")
+                    if token.endswith((".zarr", ".png", ".mp4")) or "<" in token:
+                        continue  # outputs (runs/mof.zarr) and placeholders (<family>.py)
+                    if _PATH.match(token) and not (REPO / token).exists() or (
+                            _DOTTED.match(token) and not _resolves(token)):
+                        dangling.append(f"{page.name}:{number}: {token}")
+    assert dangling == []
+
+
+def test_docs_import_each_name_from_the_module_that_defines_it():
+    modules = _modules("mof", "pipeline")
+    wrong = []
+    for page in DOC_PAGES:
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            found = _DOC_IMPORT.match(line.strip())
+            if not found or found.group(1) in FRONT_DOORS:
+                continue
+            module, names = found.group(1), [n.strip() for n in found.group(2).split(",")]
+            tree = ast.parse(modules[module].read_text())
+            defined = {n.name for n in tree.body if isinstance(
+                n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))} | {
+                t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                for t in ([n.target] if isinstance(n, ast.AnnAssign) else n.targets)
+                if isinstance(t, ast.Name)}
+            wrong += [f"{page.name}:{number}: {module}.{name}" for name in names
+                      if name not in defined and f"{module}.{name}" not in modules]
+    assert wrong == []

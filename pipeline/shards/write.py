@@ -438,6 +438,7 @@ def _write_shards(config: ShardConfig, progress: bool) -> ShardSummary:
             # An index without its samples sidecar (an older writer's): list the samples now,
             # reading the json members of the shards only.
             summary.index, summary.notes = _finish(out, config, resolved, plan, own)
+            summary.notes.append(f"listed the samples in {out / SAMPLES_NAME}")
     else:
         results = _run_tasks(todo, settings, config.workers, progress)
         summary.written = sum(r.samples for r in results)
