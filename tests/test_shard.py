@@ -326,6 +326,9 @@ def test_samples_sidecar_missing_or_stale_is_reported(reference, tmp_path):
     (out / "samples.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     listed, reason = read_listed_samples(shards)
     assert listed is None and f"has {len(lines) - 1} lines" in reason
+    (out / "samples.jsonl").write_text("\n".join(["not json"] + lines[1:]) + "\n")
+    listed, reason = read_listed_samples(shards)
+    assert listed is None and "cannot be read" in reason and "samples.jsonl" in reason
     (out / "samples.jsonl").unlink()
     listed, reason = read_listed_samples(shards)
     assert listed is None and "no samples.jsonl" in reason

@@ -328,9 +328,13 @@ def read_listed_samples(shards: list[str]) -> tuple[ListedSamples | None, str]:
                 return None, found
             by_dir[path.parent] = found
         index, grouped = by_dir[path.parent]
-        if path.name not in {s["name"] for s in index["shards"]}:
-            return None, f"{path.parent / INDEX_NAME} does not list {path.name}"
+        counts = {s["name"]: s["samples"] for s in index["shards"]}
         own = grouped.get(path.name, [])
+        if path.name not in counts:
+            return None, f"{path.parent / INDEX_NAME} does not list {path.name}"
+        if len(own) != counts[path.name]:
+            return None, (f"{path.parent / SAMPLES_NAME} lists {len(own)} samples of {path.name}, "
+                          f"{INDEX_NAME} {counts[path.name]}")
         rows += own
         per_shard.append(len(own))
         config = index["config"]
@@ -346,15 +350,18 @@ def _load_sidecar(directory: Path):
     index_path = directory / INDEX_NAME
     if not index_path.is_file():
         return f"no {INDEX_NAME} in {directory}"
-    index = json.loads(index_path.read_text())
-    named = index.get("samples_file")
-    if not named or not (directory / named["name"]).is_file():
-        return f"no {SAMPLES_NAME} beside {index_path}"
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    lines = (directory / named["name"]).read_text().splitlines()
-    for line in lines:
-        row = json.loads(line)
-        grouped.setdefault(row["shard"], []).append(row)
+    try:
+        index = json.loads(index_path.read_text())
+        named = index.get("samples_file")
+        if not named or not (directory / named["name"]).is_file():
+            return f"no {SAMPLES_NAME} beside {index_path}"
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        lines = (directory / named["name"]).read_text().splitlines()
+        for line in lines:
+            row = json.loads(line)
+            grouped.setdefault(row["shard"], []).append(row)
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"{index_path} or its {SAMPLES_NAME} cannot be read ({exc!r})"
     if len(lines) != named["samples"]:
         return f"{directory / named['name']} has {len(lines)} lines, {index_path} says " \
                f"{named['samples']}"
