@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from mof.models import RetrievalModel, create_model
+from mof.models import create_model
+from mof.models.contract import RetrievalModel
 from mof.models.io import load_model
 from mof.models.tokenizer import WordTokenizer
 
