@@ -435,8 +435,8 @@ def _write_shards(config: ShardConfig, progress: bool) -> ShardSummary:
     if not todo and finished_index.exists():
         summary.nothing_to_do = not config.retry_failed
         if config.num_nodes == 1 and not (out / SAMPLES_NAME).exists():
-            # An index without its samples sidecar (an older writer's): list the samples now,
-            # reading the json members of the shards only.
+            # An index that names no samples sidecar: list the samples now, reading only the
+            # json members of the shards.
             summary.index, summary.notes = _finish(out, config, resolved, plan, own)
             summary.notes.append(f"listed the samples in {out / SAMPLES_NAME}")
     else:
