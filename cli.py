@@ -68,7 +68,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(quiet: bool, **options: object) -> None:
     """Generate the embedded synthetic text-video dataset (H.264 videos + annotations.jsonl)."""
-    from pipeline.synth import SynthConfig, generate_synthetic
+    from pipeline.synth.dataset import SynthConfig, generate_synthetic
 
     with _reported(options=True):
         cfg = SynthConfig(progress=not quiet, **options)
@@ -91,7 +91,7 @@ def synth(quiet: bool, **options: object) -> None:
 @click.option("--listed", default=20, show_default=True, help="Items listed per kind of error.")
 def check(**options: object) -> None:
     """Validate a dataset's annotations and video files; exit 1 on any error."""
-    from pipeline.check import CheckConfig, check_dataset
+    from pipeline.datasets.check import CheckConfig, check_dataset
 
     with _reported(options=True):
         config = CheckConfig(**options)
@@ -134,9 +134,9 @@ def check(**options: object) -> None:
               "those that decode now go into new shards.")
 def shard(merge_index: str | None, **options: object) -> None:
     """Decode every video of a split into R frames and write WebDataset shards + index.json."""
-    from pipeline.index import merge_indexes
     from pipeline.interrupt import ShardInterrupted
-    from pipeline.shard import ShardConfig, write_shards
+    from pipeline.shards.index import merge_indexes
+    from pipeline.shards.write import ShardConfig, write_shards
 
     if merge_index:
         with _reported():
@@ -166,7 +166,7 @@ def shard(merge_index: str | None, **options: object) -> None:
               help="Frames per row at most (evenly spaced).")
 def inspect(shards: tuple[str, ...], sheet: str | None, samples: int, max_frames: int) -> None:
     """Count what SHARDS hold (a shard directory, patterns or files) and draw a contact sheet."""
-    from pipeline.contact_sheet import InspectConfig, inspect_shards
+    from pipeline.shards.contact_sheet import InspectConfig, inspect_shards
 
     with _reported(options=True):
         config = InspectConfig(list(shards), sheet=sheet, samples=samples, max_frames=max_frames)
@@ -200,7 +200,7 @@ def inspect(shards: tuple[str, ...], sheet: str | None, samples: int, max_frames
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_(quiet: bool, **options: object) -> None:
     """Encode the test shards with U uniform frames, rank, print and write metrics.json."""
-    from mof.evaluate import EvalConfig, evaluate, format_report
+    from mof.evaluate.evaluate import EvalConfig, evaluate, format_report
 
     with _reported(options=True):
         config = EvalConfig(progress=not quiet, **options)
@@ -230,7 +230,8 @@ def eval_(quiet: bool, **options: object) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def index_(shards: tuple[str, ...], quiet: bool, **options: object) -> None:
     """Encode every video of the shards at U uniform frames into a search index (resumable)."""
-    from mof.search import IndexConfig, build_index
+    from mof.search.build import build_index
+    from mof.search.config import IndexConfig
 
     with _reported(options=True):
         config = IndexConfig(shards=list(shards), progress=not quiet, **options)
@@ -254,8 +255,9 @@ def index_(shards: tuple[str, ...], quiet: bool, **options: object) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 def search(as_json: bool, **options: object) -> None:
     """Rank the videos of INDEX for the text QUERY and print them with scores and paths."""
-    from mof.search import SearchConfig, format_results
-    from mof.search import search as run_search
+    from mof.search.config import SearchConfig
+    from mof.search.query import format_results
+    from mof.search.query import search as run_search
 
     with _reported(options=True):
         config = SearchConfig(**options)
@@ -274,7 +276,8 @@ def search(as_json: bool, **options: object) -> None:
 @click.option("--top", default=12, show_default=True, help="Results per query by default.")
 def serve(**options: object) -> None:
     """A local web page searching INDEX: query box, thumbnail strips, click to play."""
-    from mof.search import ServeConfig, serve_index
+    from mof.search.config import ServeConfig
+    from mof.search.server import serve_index
 
     with _reported(options=True):
         config = ServeConfig(**options)
@@ -320,7 +323,7 @@ def train(quiet: bool, **options: object) -> None:
 def export_frames_(ids: tuple[str, ...], shards: tuple[str, ...], quiet: bool,
                    **options: object) -> None:
     """Write a run's learned MOF frames beside its regular and initial frames (Fig. 7 grids)."""
-    from mof.export import ExportConfig, export_frames, format_summary
+    from mof.export.export import ExportConfig, export_frames, format_summary
 
     with _reported(options=True):
         config = ExportConfig(ids=list(ids), shards=list(shards) or None, progress=not quiet,

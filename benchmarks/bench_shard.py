@@ -43,14 +43,14 @@ from torchcodec_methods import METHODS as TORCHCODEC
 from torchcodec_methods import available as torchcodec_missing
 from tqdm import tqdm
 
-from pipeline.decode import available_backends, decode_video
-from pipeline.decode_pyav import (
+from pipeline.decode.pyav import (
     decode_sequential,
     frame_to_rgb,
     index_video,
     open_video,
     plan_groups,
 )
+from pipeline.decode.video import available_backends, decode_video
 from pipeline.sampling import segment_midpoints
 
 SIZE = 224

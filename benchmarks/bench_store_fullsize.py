@@ -29,8 +29,8 @@ import torch
 
 def time_store(batch: int, used: int, dtype: str, repeats: int) -> float:
     """Seconds to read ``batch`` rows (all fields) of a 224-px store and write them back."""
-    from pipeline.framestore import FrameStore
-    from pipeline.framestore_format import FrameRows
+    from pipeline.framestore.format import FrameRows
+    from pipeline.framestore.store import FrameStore
 
     with tempfile.TemporaryDirectory() as tmp:
         ids = [f"v{i:03d}" for i in range(4 * batch)]

@@ -69,8 +69,8 @@ _local = threading.local()
 
 def make_shards(cache: Path, videos: int, stored: int) -> str:
     """Synthetic train shards of ``videos`` videos with ``stored`` frames of 64 px (cached)."""
-    from pipeline.shard import ShardConfig, write_shards
-    from pipeline.synth import SynthConfig, generate_synthetic
+    from pipeline.shards.write import ShardConfig, write_shards
+    from pipeline.synth.dataset import SynthConfig, generate_synthetic
 
     raw, out = cache / f"raw-{videos}", cache / f"train-{videos}x{stored}"
     if not (out / "index.json").is_file():
@@ -323,7 +323,7 @@ def floor_passes(trainer) -> dict[str, Callable[[], object]]:
     an inner gradient on U, an outer forward-backward on R, an ε-gradient on U."""
     import torch
 
-    from mof.bilevel import inner_gradient, make_loss_fn
+    from mof.bilevel_passes import inner_gradient, make_loss_fn
     from mof.loss import contrastive_loss
     from mof.train.data import draw_phase
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.decode import resized_shape
+from pipeline.decode.common import resized_shape
 from pipeline.sampling import segment_midpoints
 
 __all__ = ["METHODS", "available"]

@@ -28,7 +28,7 @@ with the same random stream (``torch.random.fork_rng`` + a manual seed, see :fun
 so the differences and the unrolled step see one and the same function of Θ and ε.
 
 The single passes the estimators combine (inner gradient, outer pass, ε-gradient, the pure loss
-function, the seed scope) are in :mod:`mof.bilevel_passes`; the public ones are importable here.
+function, the seed scope) are in :mod:`mof.bilevel_passes`; import them from there.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from mof.bilevel_passes import (
     LossFn,
     frames_gradient,
     inner_gradient,
-    make_loss_fn,
     norm_of,
     outer_pass,
     param_leaves,
@@ -55,19 +54,13 @@ from mof.bilevel_passes import (
 )
 
 __all__ = [
-    "InnerGrad",
-    "LossFn",
     "MetaGradMode",
     "MetaGradResult",
     "Preconditioner",
     "adamw_preconditioner",
     "fd_step_cosines",
     "frame_adam_step",
-    "inner_gradient",
-    "make_loss_fn",
     "meta_gradient",
-    "rng_scope",
-    "sgd_step",
 ]
 
 MetaGradMode = Literal["exact", "finite-diff", "first-order"]

@@ -2,8 +2,8 @@
 
 Each is one forward (and backward) of the model as a pure function ``loss_fn(params, video)``
 (:func:`make_loss_fn`) under a dropout seed (:func:`rng_scope`); none modifies ``params`` or a
-module. The estimators and the frames' Adam step are in :mod:`mof.bilevel`, which re-exports
-the public names here.
+module. The estimators and the frames' Adam step are in :mod:`mof.bilevel`; callers import
+these passes from here.
 """
 
 from __future__ import annotations

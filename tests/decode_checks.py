@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.decode import DecodedVideo
+from pipeline.decode.common import DecodedVideo
 from pipeline.sampling import segment_midpoints
 from tests.videos import read_index
 

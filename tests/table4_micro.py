@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mof.reproduce import Table4Config
+from mof.reproduce.config import Table4Config
 
 
 def micro_config(base: Path, **overrides) -> Table4Config:

@@ -7,17 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mof.bilevel import (
-    frame_adam_step,
-    inner_gradient,
-    make_loss_fn,
-    meta_gradient,
-    sgd_step,
-)
+from mof.bilevel import frame_adam_step, meta_gradient
+from mof.bilevel_passes import inner_gradient, make_loss_fn, sgd_step
 from mof.loss import contrastive_loss
 from mof.models import create_model, list_models
 from mof.models.tokenizer import WordTokenizer
-from pipeline.framestore import FrameRows, FrameStore
+from pipeline.framestore.format import FrameRows
+from pipeline.framestore.store import FrameStore
 
 TINY = list_models("*-tiny")
 CAPTIONS = ["a man is cooking pasta in a kitchen", "a dog runs across the park",

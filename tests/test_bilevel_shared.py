@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mof.bilevel import inner_gradient, make_loss_fn, meta_gradient
+from mof.bilevel import meta_gradient
+from mof.bilevel_passes import inner_gradient, make_loss_fn
 from mof.loss import contrastive_loss
 from mof.models import create_model, list_models
 from mof.models.tokenizer import WordTokenizer

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.check import CheckConfig, check_dataset, probe_video
+from pipeline.datasets.check import CheckConfig, check_dataset, probe_video
 from tests.fixtures_annotations import touch, write_csv, write_msvd
 from tests.videos import make_audio_only, make_video
 

@@ -7,14 +7,14 @@ from click.testing import CliRunner
 from cli import USER_ERRORS, main
 from mof.reproduce.runner import CellMismatch
 from mof.train.config import ConfigError
-from pipeline.decode import DecodeError
+from pipeline.datasets.parsers.common import ManifestError
+from pipeline.decode.common import DecodeError
 from pipeline.errors import MofError
-from pipeline.framestore_format import FrameStoreMismatchError
-from pipeline.index import ShardIndexError
-from pipeline.parsers.common import ManifestError
-from pipeline.shard import ShardConfigMismatch
-from pipeline.shard_samples import ShardReadError
-from pipeline.synth import SynthConfigError, SynthError
+from pipeline.framestore.format import FrameStoreMismatchError
+from pipeline.shards.index import ShardIndexError
+from pipeline.shards.samples import ShardReadError
+from pipeline.shards.write import ShardConfigMismatch
+from pipeline.synth.dataset import SynthConfigError, SynthError
 
 
 def test_every_error_of_the_toolkit_is_a_mof_error_the_cli_reports():

@@ -14,15 +14,9 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.decode import (
-    DecodedVideo,
-    DecodeError,
-    available_backends,
-    decode_video,
-    resized_shape,
-    resolve_backend,
-)
-from pipeline.decode_pyav import frame_to_rgb
+from pipeline.decode.common import DecodedVideo, DecodeError, resized_shape
+from pipeline.decode.pyav import frame_to_rgb
+from pipeline.decode.video import available_backends, decode_video, resolve_backend
 from pipeline.sampling import segment_midpoints, uniform_subset
 from tests.videos import (
     QUADRANT_COLOURS,

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.decode import decode_video
-from pipeline.decode_dali import dali_installed, decode_dali
+from pipeline.decode.dali import dali_installed, decode_dali
+from pipeline.decode.video import decode_video
 from tests.decode_checks import assert_matches_ffmpeg
 from tests.videos import make_video, remux
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import decode_dali
-from pipeline.decode import decode_video, resolve_backend
+from pipeline.decode import dali as decode_dali
+from pipeline.decode.video import decode_video, resolve_backend
 from tests.decode_checks import assert_matches_ffmpeg
 from tests.videos import make_video, remux
 

@@ -11,14 +11,14 @@ import yaml
 from click.testing import CliRunner
 
 from cli import main
-from mof.evaluate import EvalConfig, evaluate, evaluate_model, resolve_checkpoint
+from mof.evaluate.evaluate import EvalConfig, evaluate, evaluate_model, resolve_checkpoint
 from mof.frames import to_model_input
 from mof.metrics import retrieval_metrics
 from mof.models import create_model
 from mof.models.io import save_model
 from mof.models.tokenizer import WordTokenizer
-from pipeline.reader import ShardDataset
 from pipeline.sampling import uniform_subset
+from pipeline.shards.reader import ShardDataset
 
 NUM_VIDEOS, CAPTIONS, STORED = 40, 2, 8
 

@@ -20,11 +20,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from mof.export import ExportConfig, export_frames
+from mof.export.export import ExportConfig, export_frames
 from mof.train import train
-from pipeline.framestore import FrameStore
-from pipeline.reader import iter_shard, resolve_shards
+from pipeline.framestore.store import FrameStore
 from pipeline.sampling import uniform_subset
+from pipeline.shards.samples import iter_shard, resolve_shards
 from tests.train_data import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,7 +88,7 @@ def test_export_grid_frames_attention_and_mp4(mof_run, train_data, tmp_path):
             for name in ("uniform", "mof"):
                 assert maps[name].shape == (U, 4, 4)
                 np.testing.assert_allclose(maps[name].sum(axis=(1, 2)), 1.0, atol=1e-5)
-        from pipeline.synth_render import decode_mp4
+        from pipeline.synth.render import decode_mp4
 
         movie = decode_mp4(Path(files["mp4"]))
         assert movie.shape == (U, SIZE, SIZE, 3)
@@ -101,7 +101,7 @@ def test_export_grid_frames_attention_and_mp4(mof_run, train_data, tmp_path):
 _WRITER = """
 import sys, time
 import numpy as np
-from pipeline.framestore import FrameRows, FrameStore
+from pipeline.framestore.store import FrameRows, FrameStore
 store = FrameStore.open(sys.argv[1], mode="r+", sweep_min_age_s=1e9)
 rows = np.arange(4)
 shape = (4, *store.read([0]).frames.shape[1:])

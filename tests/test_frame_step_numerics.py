@@ -24,7 +24,7 @@ from mof.train.phases import (
 )
 from mof.train.store_setup import check_store_resolution, frozen_fraction
 from mof.train.trainer import Trainer
-from pipeline.framestore import FrameStore
+from pipeline.framestore.store import FrameStore
 from tests.train_data import tiny_config
 
 TINY = list_models("*-tiny")

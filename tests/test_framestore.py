@@ -18,15 +18,15 @@ import pytest
 import zarr
 import zarr.storage
 
-from pipeline.framestore import (
+from pipeline.framestore.format import (
     FIELDS,
     FrameRows,
-    FrameStore,
     FrameStoreMismatchError,
     bytes_per_video,
     sweep_partial_files,
 )
-from pipeline.framestore_io import AsyncFrameIO, time_round_trips
+from pipeline.framestore.io import AsyncFrameIO, time_round_trips
+from pipeline.framestore.store import FrameStore
 
 REPO = Path(__file__).resolve().parents[1]
 U, H = 2, 16
@@ -266,7 +266,7 @@ def test_time_round_trips_leaves_the_store_unchanged(tmp_path):
 _WRITER = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    from pipeline.framestore import FrameStore, FrameRows
+    from pipeline.framestore.store import FrameStore, FrameRows
     path, go, rounds = sys.argv[1], sys.argv[3], int(sys.argv[4])
     rows = [int(r) for r in sys.argv[2].split(",")]
     store = FrameStore.open(path, "r+")

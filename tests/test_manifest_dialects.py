@@ -7,14 +7,9 @@ import json
 
 import pytest
 
-from pipeline.manifests import (
-    ManifestError,
-    load_records,
-    load_splits,
-    parse_columns,
-    resolve_dataset,
-)
-from pipeline.parsers.readers import sniff_delimiter
+from pipeline.datasets.manifests import load_records, load_splits, parse_columns, resolve_dataset
+from pipeline.datasets.parsers.common import ManifestError
+from pipeline.datasets.parsers.readers import sniff_delimiter
 from tests.fixtures_annotations import (
     write_csv,
     write_didemo,

@@ -11,16 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifests import (
-    ManifestError,
-    list_datasets,
-    load_descriptor,
-    load_records,
-    load_splits,
-    missing_files,
-    resolve_dataset,
-)
-from pipeline.parsers.msvd import load_caption_pickle
+from pipeline.datasets.manifests import load_records, load_splits, missing_files, resolve_dataset
+from pipeline.datasets.parsers.common import ManifestError
+from pipeline.datasets.parsers.descriptor import list_datasets, load_descriptor
+from pipeline.datasets.parsers.msvd import load_caption_pickle
 from tests.fixtures_annotations import (
     didemo_full,
     msrvtt_full,
@@ -235,7 +229,7 @@ def test_msrvtt_1k_a(tmp_path, original, caplog):
     touch(tmp_path, "videos/all/video0.mp4")
     touch(tmp_path, "videos/all/video1.webm")  # the descriptor's alternative extension
     touch(tmp_path, "videos/video2.mp4")  # and alternative folder
-    with caplog.at_level(logging.WARNING, logger="pipeline.manifests"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.datasets.manifests"):
         train = load_records("msrvtt", tmp_path, "train")
     assert "msrvtt train: 4 videos listed, the official annotations list 9000" in caplog.text
     assert [r.video_id for r in train] == ["video0", "video1", "video2", "video3"]
@@ -415,7 +409,7 @@ def test_didemo_reports_every_problem(tmp_path):
 def test_full_size_counts(tmp_path, caplog, name, write, videos, queries):
     """The parsers give the official counts on full-size annotation sets in the real formats."""
     expected = write(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="pipeline.manifests"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.datasets.manifests"):
         splits = load_splits(name, tmp_path)
     assert {split: len(records) for split, records in splits.items()} == videos
     for split, records in splits.items():
@@ -423,4 +417,4 @@ def test_full_size_counts(tmp_path, caplog, name, write, videos, queries):
         assert {r.video_id: r.captions for r in records} == wanted
         count = sum(len(r.captions) for r in records)
         assert count == (queries[split] if queries else sum(map(len, wanted.values())))
-    assert not [r for r in caplog.records if r.name == "pipeline.manifests"]
+    assert not [r for r in caplog.records if r.name == "pipeline.datasets.manifests"]

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from mof.models import RetrievalModel, create_model, list_models, model_family
+from mof.models import create_model, list_models
+from mof.models.contract import RetrievalModel
 from mof.models.io import load_model, save_model
+from mof.models.registry import model_family
 from mof.models.tokenizer import WordTokenizer
 from tests.tokenizer_dirs import clip_tokenizer, distilbert_tokenizer
 

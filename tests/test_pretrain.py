@@ -12,17 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from mof.reproduce import Table4Config, reproduce_table4
+from mof.reproduce import reproduce_table4
 from mof.reproduce.config import (
-    PRETRAIN_SEED,
     TINY_FINE_TUNE_LR,
     TINY_PRETRAIN_VIDEOS,
     TINY_WARM_START_LR,
+    Table4Config,
 )
 from mof.reproduce.grid import Cell
-from mof.reproduce.runner import cell_dir, shard_paths
-from mof.reproduce.warm_start import run_warm_start, warm_start_dir
-from pipeline.index import read_index
+from mof.reproduce.paths import PRETRAIN_SEED, cell_dir, warm_start_dir
+from mof.reproduce.runner import shard_paths
+from mof.reproduce.warm_start import run_warm_start
+from pipeline.shards.index import read_index
 from tests.table4_micro import micro_config
 
 

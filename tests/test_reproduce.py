@@ -17,8 +17,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from mof.reproduce import Table4Config, reproduce_table4
+from mof.reproduce import reproduce_table4
 from mof.reproduce.aggregate import compare, load_results, mean_std, summarize
+from mof.reproduce.config import Table4Config
 from mof.reproduce.grid import (
     DEFAULT_GRID,
     PAPER_TABLE4,
@@ -26,8 +27,7 @@ from mof.reproduce.grid import (
     equal_cost_baseline,
     parse_grid,
 )
-from mof.reproduce.runner import cell_dir
-from mof.reproduce.warm_start import warm_start_dir, warm_start_path
+from mof.reproduce.paths import cell_dir, warm_start_dir, warm_start_path
 from tests.table4_micro import micro_config
 
 GRID = "1,16:1"

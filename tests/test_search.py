@@ -21,20 +21,17 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from mof.evaluate import resolve_checkpoint
+from mof.evaluate.evaluate import resolve_checkpoint
 from mof.frames import to_model_input
 from mof.models.io import load_model
-from mof.search import (
-    IndexConfig,
-    SearchConfig,
-    SearchIndexError,
-    build_index,
-    load_index,
-    search,
-)
+from mof.search.build import build_index
+from mof.search.config import IndexConfig, SearchConfig
+from mof.search.query import search
+from mof.search.store import SearchIndexError, load_index
 from mof.train import train
-from pipeline.reader import ShardDataset, resolve_shards
 from pipeline.sampling import uniform_subset
+from pipeline.shards.reader import ShardDataset
+from pipeline.shards.samples import resolve_shards
 from tests.train_data import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -215,7 +212,7 @@ def test_folder_of_real_videos_without_captions(run, tmp_path):
 
 
 def test_generic_manifest_rows_with_a_path_only(tmp_path):
-    from pipeline.manifests import load_records
+    from pipeline.datasets.manifests import load_records
 
     (tmp_path / "a.csv").write_text("path\nclips/x.mp4\nclips/y.mp4\n")
     records = load_records(tmp_path / "a.csv", tmp_path, "test")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +17,17 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.decode import decode_video
-from pipeline.index import ShardIndexError, merge_indexes, read_index
-from pipeline.reader import ShardDataset
-from pipeline.shard import ShardConfig, ShardConfigMismatch, write_shards
-from pipeline.shard_worker import sanitise_keys
+from pipeline.decode.video import decode_video
+from pipeline.shards.index import (
+    ShardIndexError,
+    merge_indexes,
+    read_index,
+    read_listed_samples,
+)
+from pipeline.shards.reader import ShardDataset
+from pipeline.shards.samples import iter_shard, resolve_shards
+from pipeline.shards.worker import sanitise_keys
+from pipeline.shards.write import ShardConfig, ShardConfigMismatch, write_shards
 from tests.videos import make_video
 from tests.videos import read_index as frame_number
 
@@ -291,8 +298,59 @@ def test_multi_node_partial_indexes_merge(data_root, reference, tmp_path):
     assert result.exit_code == 0, result.output
     merged, single = read_index(tmp_path), read_index(reference)
     assert merged["shards"] == single["shards"] and merged["totals"] == single["totals"]
+    assert merged["samples_file"] == single["samples_file"]
+    assert (tmp_path / "samples.jsonl").read_text() == (reference / "samples.jsonl").read_text()
     assert tar_bytes(tmp_path) == tar_bytes(reference)
     assert (tmp_path / "errors.jsonl").read_text() == (reference / "errors.jsonl").read_text()
+
+
+
+def test_samples_sidecar_lists_what_reading_the_shards_yields(reference):
+    shards = resolve_shards(reference)
+    streamed = [(s["key"], s["meta"]["video_id"], s["meta"]["captions"], Path(shard).name)
+                for shard in shards for s in iter_shard(shard, decode=False)]
+    listed, reason = read_listed_samples(shards)
+    assert reason == "" and listed is not None
+    assert [(r["key"], r["video_id"], r["captions"], r["shard"]) for r in listed.rows] == streamed
+    assert listed.per_shard == [s["samples"] for s in read_index(reference)["shards"]]
+    assert listed.frames_shape == (FRAMES, SIZE, SIZE, 3) and listed.dataset == "synthetic"
+    assert read_index(reference)["samples_file"] == {"name": "samples.jsonl",
+                                                     "samples": len(GOOD)}
+
+
+def test_samples_sidecar_missing_or_stale_is_reported(reference, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    shards = resolve_shards(out)
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    (out / "samples.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    listed, reason = read_listed_samples(shards)
+    assert listed is None and f"has {len(lines) - 1} lines" in reason
+    (out / "samples.jsonl").write_text("\n".join(["not json"] + lines[1:]) + "\n")
+    listed, reason = read_listed_samples(shards)
+    assert listed is None and "cannot be read" in reason and "samples.jsonl" in reason
+    (out / "samples.jsonl").unlink()
+    listed, reason = read_listed_samples(shards)
+    assert listed is None and "no samples.jsonl" in reason
+    listed, reason = read_listed_samples([str(data) for data in shards[:1]] + [str(tmp_path)])
+    assert listed is None
+
+
+def test_rerun_adds_the_sidecar_to_an_index_without_one(data_root, reference, tmp_path):
+    out = tmp_path / "older"
+    shutil.copytree(reference, out)
+    (out / "samples.jsonl").unlink()
+    index = read_index(out)
+    del index["samples_file"]
+    (out / "index.json").write_text(json.dumps(index))
+    tars = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    summary = write_shards(config(data_root, out), progress=False)
+    assert summary.written == 0
+    assert (out / "samples.jsonl").read_text() == (reference / "samples.jsonl").read_text()
+    rewritten, original = read_index(out), read_index(reference)
+    assert [rewritten[k] for k in ("shards", "totals", "samples_file")] == [
+        original[k] for k in ("shards", "totals", "samples_file")]
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == tars
 
 
 def test_cli_shard_strict_exit_code(data_root, tmp_path):

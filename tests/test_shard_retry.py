@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.decode import decode_video
-from pipeline.index import read_index
-from pipeline.reader import ShardDataset
-from pipeline.shard import write_shards
+from pipeline.decode.video import decode_video
+from pipeline.shards.index import read_index
+from pipeline.shards.reader import ShardDataset
+from pipeline.shards.write import write_shards
 from tests.test_shard import (
     FRAMES,
     SIZE,

@@ -18,16 +18,16 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.sampling import segment_midpoints
-from pipeline.synth import (
+from pipeline.synth.dataset import (
     SynthConfig,
     SynthConfigError,
     generate_synthetic,
     load_timeline,
     plan_dataset,
 )
-from pipeline.synth_grammar import BACKGROUND, PALETTE, SHAPES, min_window
-from pipeline.synth_render import decode_mp4, visible_colours
-from pipeline.synth_stats import event_coverage, oracle_recall_at_1
+from pipeline.synth.grammar import BACKGROUND, PALETTE, SHAPES, min_window
+from pipeline.synth.render import decode_mp4, visible_colours
+from pipeline.synth.stats import event_coverage, oracle_recall_at_1
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"train": 12, "test": 4, "progress": False}

@@ -5,6 +5,8 @@ The shards are generated once per session (the ``train_data`` fixture, :mod:`tes
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +17,11 @@ from click.testing import CliRunner
 
 from mof.models import create_model
 from mof.models.io import load_model
-from mof.train import ConfigError, TrainConfig, load_train_config, train
+from mof.train import train
+from mof.train.config import ConfigError, TrainConfig, load_train_config
 from mof.train.phases import FrameState, frame_level_update
 from mof.train.trainer import Trainer
-from pipeline.framestore import FrameStore
+from pipeline.framestore.store import FrameStore
 from tests.train_data import TRAIN_VIDEOS, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,7 +162,7 @@ def test_yaml_config_then_command_line_options(tmp_path):
 
 
 def test_resume_rejects_changed_settings(tmp_path):
-    from mof.train import save_train_config
+    from mof.train.config import save_train_config
 
     save_train_config(TrainConfig(model="frozen-tiny", train="t", out=str(tmp_path)),
                       tmp_path / "config.yaml")
@@ -180,3 +183,31 @@ def test_mof_on_gpu_with_bf16_and_checkpointing(train_data, tmp_path, meta_grad)
     assert summary["steps"] == TRAIN_VIDEOS // 4 and "t2v/R@1" in summary
     _, rows = read_store(run)
     assert (rows.step == 1).all() and np.isfinite(rows.frames).all()
+
+
+def test_setup_lists_videos_from_the_sidecar_without_opening_a_shard(train_data, tmp_path,
+                                                                      caplog):
+    from mof.train.distributed import DistInfo
+    from mof.train.store_setup import scan_train_shards
+    from pipeline.shards.samples import resolve_shards
+
+    one = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    intact, broken = tmp_path / "intact", tmp_path / "broken"
+    for copy in (intact, broken):
+        shutil.copytree(train_data["train"], copy)
+    (intact / "samples.jsonl").unlink()
+    with caplog.at_level(logging.WARNING, logger="mof.train.store_setup"):
+        scanned = scan_train_shards(resolve_shards(intact), one, workers=0, progress=False)
+    notices = [r.getMessage() for r in caplog.records]
+    assert len(notices) == 1 and "no samples.jsonl" in notices[0]
+    # Shards that cannot be read at all: set-up must not open them.
+    for shard in broken.glob("*.tar"):
+        shard.write_bytes(b"not a tar")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mof.train.store_setup"):
+        listed = scan_train_shards(resolve_shards(broken), one, workers=0, progress=False)
+    assert caplog.records == []
+    assert listed.keys == scanned.keys and len(listed.keys) == TRAIN_VIDEOS
+    assert sorted(listed.captions) == sorted(scanned.captions)
+    assert (listed.stored_frames, listed.frame_side, listed.dataset, listed.rank_samples) == (
+        scanned.stored_frames, scanned.frame_side, scanned.dataset, scanned.rank_samples)

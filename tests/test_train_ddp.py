@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from mof.bilevel import adamw_preconditioner
 from mof.frame_mix import initial_mix_logits, mix_frames
-from mof.train import TrainConfig
 from mof.train.augment import apply_augment
+from mof.train.config import TrainConfig
 from mof.train.data import TrainStream, anchor_positions, draw_phase, phase_seed
 from mof.train.model_setup import build_model
 from mof.train.phases import (
@@ -30,9 +30,9 @@ from mof.train.phases import (
     frame_level_update,
     model_level_step,
 )
-from pipeline.framestore import FrameStore
-from pipeline.reader import resolve_shards
+from pipeline.framestore.store import FrameStore
 from pipeline.sampling import uniform_subset
+from pipeline.shards.samples import resolve_shards
 from tests.train_data import TRAIN_VIDEOS
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mof.train import load_train_config, train
+from mof.train import train
 from mof.train.checkpoint import RowJournal
-from pipeline.framestore import FrameStore
+from mof.train.config import load_train_config
+from pipeline.framestore.store import FrameStore
 from tests.train_data import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,13 +17,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from mof.export import ExportConfig, export_frames
-from mof.export_render import mix_strips
+from mof.export.export import ExportConfig, export_frames
+from mof.export.render import mix_strips
 from mof.frame_mix import mix_frames
-from mof.train import load_train_config, train
+from mof.train import train
+from mof.train.config import load_train_config
 from mof.train.data import anchor_positions
-from pipeline.framestore import FrameStore
-from pipeline.reader import iter_shard, resolve_shards
+from pipeline.framestore.store import FrameStore
+from pipeline.shards.samples import iter_shard, resolve_shards
 from tests.train_data import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

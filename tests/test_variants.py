@@ -9,9 +9,11 @@ import torch
 import zarr
 from test_bilevel import ALPHA, _cos, _setup
 
-from mof.bilevel import adamw_preconditioner, inner_gradient, meta_gradient, sgd_step
+from mof.bilevel import adamw_preconditioner, meta_gradient
+from mof.bilevel_passes import inner_gradient, sgd_step
 from mof.frame_mix import initial_mix_logits, mix_frames, mix_residual, mix_vjp
-from pipeline.framestore import FrameRows, FrameStore, bytes_per_video
+from pipeline.framestore.format import FrameRows, bytes_per_video
+from pipeline.framestore.store import FrameStore
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mof.train import TrainConfig
+from mof.train.config import TrainConfig
 
 STORED_FRAMES = 8
 TRAIN_VIDEOS = 12
@@ -17,8 +17,8 @@ TRAIN_VIDEOS = 12
 
 def make_train_data(base: Path) -> dict[str, str]:
     """Synthesise and shard the tiny dataset under ``base`` unless it is already there."""
-    from pipeline.shard import ShardConfig, write_shards
-    from pipeline.synth import SynthConfig, generate_synthetic
+    from pipeline.shards.write import ShardConfig, write_shards
+    from pipeline.synth.dataset import SynthConfig, generate_synthetic
 
     paths = {split: str(base / split) for split in ("train", "test")}
     if not (base / "test" / "index.json").is_file():

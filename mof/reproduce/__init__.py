@@ -20,17 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mof.reproduce.config import Table4Config
-from mof.reproduce.grid import DEFAULT_GRID, PAPER_TABLE4, Cell, parse_grid
 
-__all__ = [
-    "DEFAULT_GRID",
-    "PAPER_TABLE4",
-    "Cell",
-    "Table4Config",
-    "Table4Summary",
-    "parse_grid",
-    "reproduce_table4",
-]
+__all__ = ["Table4Summary", "reproduce_table4"]
 
 
 @dataclass
@@ -86,7 +77,7 @@ class _LoadSampler(threading.Thread):
 
 def _record_run(cfg: Table4Config, record: dict[str, Any]) -> None:
     """Append this call's wall time and load to ``WORK/<dataset>/<model>/table4_runs.json``."""
-    from mof.reproduce.runner import model_dir
+    from mof.reproduce.paths import model_dir
     from pipeline.atomic import atomic_write_json
 
     path = model_dir(cfg) / "table4_runs.json"
@@ -104,7 +95,8 @@ def reproduce_table4(cfg: Table4Config) -> Table4Summary:
     """
     from tqdm import tqdm
 
-    from mof.reproduce.runner import model_dir, prepare_data, run_grid
+    from mof.reproduce.paths import model_dir
+    from mof.reproduce.runner import prepare_data, run_grid
 
     start = time.time()
     summary = Table4Summary(expected=len(cfg.cells) * cfg.seeds)

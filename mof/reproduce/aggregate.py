@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from mof.evaluate import QUERIES_NAME
+from mof.evaluate.evaluate import QUERIES_NAME
 from mof.reproduce.config import Table4Config
 from mof.reproduce.grid import Cell, equal_cost_baseline
-from mof.reproduce.runner import cell_dir
+from mof.reproduce.paths import cell_dir
 from mof.stats import Interval, paired_bootstrap, t_interval
 
 __all__ = [

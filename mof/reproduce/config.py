@@ -15,7 +15,7 @@ from typing import Any
 
 from mof.reproduce.grid import DEFAULT_GRID, Cell, parse_grid
 
-__all__ = ["PAPER_FRAME_LR", "PRETRAIN_SEED", "SYNTHETIC", "TINY_FRAME_LR", "TINY_MODEL_ARGS",
+__all__ = ["PAPER_FRAME_LR", "SYNTHETIC", "TINY_FRAME_LR", "TINY_MODEL_ARGS",
            "TINY_FINE_TUNE_LR", "TINY_PRETRAIN_VIDEOS", "TINY_TRAIN_ARGS", "TINY_WARM_START_EPOCHS",
            "TINY_WARM_START_LR", "Table4Config"]
 
@@ -51,9 +51,6 @@ TINY_PRETRAIN_VIDEOS = 4000
 #: 2e-4 keeps (docs/laboratory.md).
 TINY_WARM_START_LR = 1e-3
 TINY_FINE_TUNE_LR = 2e-4
-#: Seed of the pre-training corpus: the generated dataset uses seed 0, so the corpus holds other
-#: videos with other captions.
-PRETRAIN_SEED = 1
 
 
 @dataclass
@@ -95,9 +92,9 @@ class Table4Config:
         warm_start_lr: learning rate of the warm start; ``None``: :data:`TINY_WARM_START_LR`
             for ``*-tiny`` models, ``lr`` otherwise.
         pretrain_videos: videos of the generated pre-training corpus (synthetic only, seed
-            :data:`PRETRAIN_SEED`) the warm start trains on instead of the train split; ``None``:
-            :data:`TINY_PRETRAIN_VIDEOS` for ``*-tiny`` models on ``synthetic``, 0 (the train
-            split) otherwise.
+            :data:`~mof.reproduce.paths.PRETRAIN_SEED`) the warm start trains on instead of the
+            train split; ``None``: :data:`TINY_PRETRAIN_VIDEOS` for ``*-tiny`` models on
+            ``synthetic``, 0 (the train split) otherwise.
         stored_frames: frames per video in the shards; ``None``: the most any cell needs.
         size: frame side of the shards in pixels; ``None``: the model's input size.
         synth_train: training videos of the generated synthetic dataset.
@@ -285,7 +282,7 @@ class Table4Config:
         }
         settings.update(self.resolved_train_args)
         if self.resolved_warm_start_epochs:
-            from mof.reproduce.warm_start import warm_start_path
+            from mof.reproduce.paths import warm_start_path
 
             settings["init_from"] = warm_start_path(self)
         return TrainConfig(**settings)

@@ -35,7 +35,7 @@ import yaml
 
 from mof.reproduce.config import Table4Config
 from mof.reproduce.grid import Cell, equal_cost_baseline
-from mof.reproduce.runner import cell_dir
+from mof.reproduce.paths import cell_dir
 
 __all__ = ["collapsed_runs", "diagnose", "frame_drift", "meta_gradient_probe",
            "more_frames_at_training", "training_fit"]
@@ -51,8 +51,8 @@ def _initial_frames(run: Path, keys: set[str] | None = None):
     """``key -> (ε0 (U, 3, H, W), stored uint8 frames)`` from the run's train shards."""
     from mof.frames import to_model_input
     from mof.models.io import load_model
-    from pipeline.reader import ShardDataset
     from pipeline.sampling import uniform_subset
+    from pipeline.shards.reader import ShardDataset
 
     cfg = _run_config(run)
     contract = load_model(run / "checkpoints" / "last").contract
@@ -66,7 +66,7 @@ def _initial_frames(run: Path, keys: set[str] | None = None):
 
 def frame_drift(run: Path) -> dict[str, float]:
     """How far ε moved: mean/max |ε − ε0| in normalised units and in 8-bit pixel levels."""
-    from pipeline.framestore import FrameStore
+    from pipeline.framestore.store import FrameStore
 
     store = FrameStore.open(run / "mof.zarr")
     std = torch.tensor(store.attrs.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
@@ -88,7 +88,7 @@ def frame_drift(run: Path) -> dict[str, float]:
 
 def _batch(run: Path, size: int, device: torch.device):
     """The first ``size`` training videos: captions, ε, ε0 and R regular frames (midpoints)."""
-    from pipeline.framestore import FrameStore
+    from pipeline.framestore.store import FrameStore
     from pipeline.sampling import uniform_subset
 
     cfg = _run_config(run)
@@ -110,7 +110,8 @@ def _batch(run: Path, size: int, device: torch.device):
 
 def meta_gradient_probe(run: Path, batch_size: int = 16) -> dict[str, Any]:
     """The meta-gradient on the trained model and the first ``batch_size`` training videos."""
-    from mof.bilevel import inner_gradient, make_loss_fn, meta_gradient, sgd_step
+    from mof.bilevel import meta_gradient
+    from mof.bilevel_passes import inner_gradient, make_loss_fn, sgd_step
     from mof.frames import to_model_input
     from mof.loss import contrastive_loss
     from mof.models.io import load_model
@@ -184,7 +185,7 @@ def training_fit(run: Path, videos: int = 500) -> dict[str, Any]:
     """
     from mof.metrics import count_ranks, summarize
     from mof.models.io import load_model
-    from pipeline.framestore import FrameStore
+    from pipeline.framestore.store import FrameStore
 
     model = load_model(run / "checkpoints" / "last").eval()
     store = FrameStore.open(run / "mof.zarr") if (run / "mof.zarr").is_dir() else None
@@ -213,7 +214,7 @@ def training_fit(run: Path, videos: int = 500) -> dict[str, Any]:
 
 def more_frames_at_training(cfg: Table4Config, shards: str) -> list[dict[str, Any]]:
     """Each baseline trained on R frames tested on every smaller U of the grid's baselines."""
-    from mof.evaluate import EvalConfig, evaluate
+    from mof.evaluate.evaluate import EvalConfig, evaluate
 
     baselines = sorted(c.used for c in cfg.cells if not c.is_mof)
     rows = []

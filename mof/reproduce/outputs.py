@@ -29,7 +29,7 @@ def _settings_line(cfg: Table4Config) -> str:
 
 def _runs_line(cfg: Table4Config) -> str:
     """Wall time of the calls that trained cells, and the machine's load meanwhile."""
-    from mof.reproduce.runner import model_dir
+    from mof.reproduce.paths import model_dir
 
     path = model_dir(cfg) / "table4_runs.json"
     runs = [r for r in (json.loads(path.read_text()) if path.is_file() else [])
@@ -64,6 +64,7 @@ def write_report(cfg: Table4Config) -> list[str]:
     """
     from mof.reproduce.aggregate import compare, load_results, summarize
     from mof.reproduce.grid import paper_rows
+    from mof.reproduce.paths import cell_dir
     from mof.reproduce.plots import plot_curves, plot_tradeoff
     from mof.reproduce.report import (
         markdown_report,
@@ -71,7 +72,6 @@ def write_report(cfg: Table4Config) -> list[str]:
         summary_json,
         table_csv,
     )
-    from mof.reproduce.runner import cell_dir
     from pipeline.atomic import atomic_write_bytes
 
     results = load_results(cfg)

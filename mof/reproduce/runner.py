@@ -34,15 +34,19 @@ from typing import Any
 
 from mof.reproduce.config import SYNTHETIC, Table4Config
 from mof.reproduce.grid import Cell, parse_grid
+from mof.reproduce.paths import (
+    PRETRAIN_SEED,
+    cell_dir,
+    dataset_slug,
+    pretrain_name,
+)
 from pipeline.errors import MofError
 
 __all__ = [
     "CellMismatch",
     "CellOutcome",
     "ShardPaths",
-    "cell_dir",
     "describe_host",
-    "model_dir",
     "prepare_data",
     "run_cell",
     "run_grid",
@@ -80,20 +84,6 @@ class CellOutcome:
     error: str = ""
 
 
-def _dataset_slug(dataset: str) -> str:
-    """A directory name for ``--dataset`` (a manifest name, or an annotation file's stem)."""
-    return Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset
-
-
-def model_dir(cfg: Table4Config) -> Path:
-    """``WORK/<dataset>/<model>``: the cells of one model family on one dataset."""
-    return Path(cfg.work) / _dataset_slug(cfg.dataset) / cfg.model
-
-
-def cell_dir(cfg: Table4Config, cell: Cell, seed: int) -> Path:
-    return model_dir(cfg) / cell.name / f"seed{seed}"
-
-
 def describe_host() -> dict[str, Any]:
     """The machine the grid ran on: CPU model, cores, memory, GPU, torch."""
     import torch
@@ -126,15 +116,8 @@ def _shard_root(cfg: Table4Config) -> tuple[Path, int, int]:
 
     size = cfg.size or create_model(cfg.model, **cfg.resolved_model_args).contract.frame_size
     frames = cfg.needed_frames
-    return (Path(cfg.work) / _dataset_slug(cfg.dataset) / "shards" / f"r{frames}-s{size}",
+    return (Path(cfg.work) / dataset_slug(cfg.dataset) / "shards" / f"r{frames}-s{size}",
             frames, size)
-
-
-def _pretrain_name(cfg: Table4Config) -> str:
-    """The corpus directory's name, keyed by the settings that determine it."""
-    from mof.reproduce.config import PRETRAIN_SEED
-
-    return f"pretrain-n{cfg.resolved_pretrain_videos}-seed{PRETRAIN_SEED}"
 
 
 def _pretrain_shards(cfg: Table4Config) -> Path | None:
@@ -142,7 +125,7 @@ def _pretrain_shards(cfg: Table4Config) -> Path | None:
     if not cfg.resolved_pretrain_videos:
         return None
     root, _, size = _shard_root(cfg)
-    name = f"{_pretrain_name(cfg)}-r{cfg.warm_start_frames}-s{size}"
+    name = f"{pretrain_name(cfg)}-r{cfg.warm_start_frames}-s{size}"
     return root.parent / name / "train"
 
 
@@ -156,7 +139,7 @@ def shard_paths(cfg: Table4Config) -> ShardPaths:
 
 def _write_split(cfg: Table4Config, root: str, split: str, out: Path, frames: int,
                  size: int) -> None:
-    from pipeline.shard import ShardConfig, write_shards
+    from pipeline.shards.write import ShardConfig, write_shards
 
     summary = write_shards(ShardConfig(
         dataset=cfg.dataset, root=root, split=split, out=str(out), frames=frames, size=size,
@@ -171,10 +154,9 @@ def _prepare_pretrain(cfg: Table4Config) -> None:
     out = _pretrain_shards(cfg)
     if out is None:
         return
-    from mof.reproduce.config import PRETRAIN_SEED
-    from pipeline.synth import SynthConfig, generate_synthetic
+    from pipeline.synth.dataset import SynthConfig, generate_synthetic
 
-    root = Path(cfg.work) / SYNTHETIC / _pretrain_name(cfg)
+    root = Path(cfg.work) / SYNTHETIC / pretrain_name(cfg)
     generate_synthetic(SynthConfig(out=root, seed=PRETRAIN_SEED, train=cfg.resolved_pretrain_videos,
                                    test=0, progress=cfg.progress))
     _write_split(cfg, str(root), "train", out, cfg.warm_start_frames, _shard_root(cfg)[2])
@@ -190,7 +172,7 @@ def prepare_data(cfg: Table4Config) -> ShardPaths:
     """
     root = cfg.root
     if cfg.dataset == SYNTHETIC and root is None:
-        from pipeline.synth import SynthConfig, generate_synthetic
+        from pipeline.synth.dataset import SynthConfig, generate_synthetic
 
         root = str(Path(cfg.work) / SYNTHETIC / "data")
         generate_synthetic(SynthConfig(out=Path(root), train=cfg.synth_train,
@@ -299,7 +281,7 @@ def run_cell(cfg: Table4Config, cell: Cell, seed: int, shards: ShardPaths) -> Ce
         CellMismatch: the cell on disk was made with other settings.
         Exception: whatever training or evaluation raised (the caller records it).
     """
-    from mof.evaluate import EvalConfig, evaluate
+    from mof.evaluate.evaluate import EvalConfig, evaluate
 
     where = cell_dir(cfg, cell, seed)
     wanted = cfg.train_config(cell, seed, shards.train, shards.test, str(where / "run"))

@@ -31,26 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from mof.reproduce.config import Table4Config
+from mof.reproduce.paths import warm_start_dir
 from mof.reproduce.runner import ShardPaths
 
-__all__ = ["run_warm_start", "warm_start_dir", "warm_start_path", "warm_start_summary"]
-
-
-def warm_start_dir(cfg: Table4Config) -> Path:
-    """``WORK/<dataset>/<model>/warm-start`` (on the train split) or
-    ``.../warm-start-pretrain-n<N>-seed<K>`` (on that pre-training corpus)."""
-    from mof.reproduce.runner import _pretrain_name, model_dir
-
-    if cfg.resolved_pretrain_videos:
-        return model_dir(cfg) / f"warm-start-{_pretrain_name(cfg)}"
-    return model_dir(cfg) / "warm-start"
-
-
-def warm_start_path(cfg: Table4Config) -> str | None:
-    """The checkpoint the cells start from (``None`` when the grid has no warm start)."""
-    if not cfg.resolved_warm_start_epochs:
-        return None
-    return str(warm_start_dir(cfg) / "run" / "checkpoints" / "last")
+__all__ = ["run_warm_start", "warm_start_summary"]
 
 
 def _epoch_losses(run: Path) -> list[float]:
@@ -79,7 +63,7 @@ def run_warm_start(cfg: Table4Config, shards: ShardPaths) -> dict[str, Any] | No
     """
     if not cfg.resolved_warm_start_epochs:
         return None
-    from mof.evaluate import EvalConfig, evaluate
+    from mof.evaluate.evaluate import EvalConfig, evaluate
     from mof.reproduce.runner import _check_same, _write_json, resume_or_restart
     from mof.train import train as train_run
 

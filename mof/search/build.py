@@ -82,7 +82,7 @@ def _copy_model(model_dir: Path, out: Path) -> None:
 
 def _new_manifest(config: IndexConfig, out: Path) -> dict[str, Any]:
     """Start an index: copy the model, choose U, write an ``index.json`` with no chunk."""
-    from mof.evaluate import resolve_checkpoint, run_frames
+    from mof.evaluate.evaluate import resolve_checkpoint, run_frames
 
     if config.checkpoint is None:
         raise ValueError(f"--out {out} holds no index yet: --checkpoint is required")
@@ -106,7 +106,7 @@ def _new_manifest(config: IndexConfig, out: Path) -> dict[str, Any]:
 
 def _existing_manifest(config: IndexConfig, out: Path) -> dict[str, Any]:
     """An index to extend, checked against ``--checkpoint`` and ``--frames``."""
-    from mof.evaluate import resolve_checkpoint
+    from mof.evaluate.evaluate import resolve_checkpoint
 
     manifest = read_manifest(out)
     where = out / MANIFEST_NAME
@@ -124,7 +124,7 @@ def _existing_manifest(config: IndexConfig, out: Path) -> dict[str, Any]:
 
 def _shard_root(shard: Path) -> str | None:
     """The dataset root recorded in the shard directory's ``index.json`` (absolute)."""
-    from pipeline.index import read_index
+    from pipeline.shards.index import read_index
 
     try:
         root = read_index(shard.parent)["config"]["root"]
@@ -158,9 +158,9 @@ def _video_row(sample: dict[str, Any], root: int | None) -> dict[str, Any]:
 def _encode_chunk(model, shard: Path, manifest: dict[str, Any], out: Path, name: str,
                   config: IndexConfig, seen: dict[str, str], bar) -> tuple[int, float]:
     """Encode one shard into chunk ``name``'s files; return (videos, model seconds)."""
-    from mof.split_encoding import encode_video_batches
-    from pipeline.reader import iter_shard
+    from mof.evaluate.split_encoding import encode_video_batches
     from pipeline.sampling import uniform_subset
+    from pipeline.shards.samples import iter_shard
 
     root = _shard_root(shard)
     if root is not None and root not in manifest["roots"]:
@@ -231,9 +231,9 @@ def build_index(config: IndexConfig) -> IndexSummary:
     """
     from tqdm import tqdm
 
+    from mof.evaluate.split_encoding import count_videos, eval_mode, resolve_device
     from mof.models.io import load_model
-    from mof.split_encoding import count_videos, eval_mode, resolve_device
-    from pipeline.reader import resolve_shards
+    from pipeline.shards.samples import resolve_shards
 
     start = time.perf_counter()
     out = Path(config.out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mof.split_encoding import device_problem
+from mof.evaluate.split_encoding import device_problem
 
 __all__ = ["ANN_KINDS", "IndexConfig", "SearchConfig", "ServeConfig"]
 

@@ -31,8 +31,8 @@ class Searcher:
     """
 
     def __init__(self, index_dir: str | Path, device: str = "cpu", approximate: bool = False):
+        from mof.evaluate.split_encoding import resolve_device
         from mof.models.io import load_model
-        from mof.split_encoding import resolve_device
 
         self.data: IndexData = load_index(index_dir)
         if not self.data.videos:
@@ -47,7 +47,7 @@ class Searcher:
 
     def encode(self, text: str) -> np.ndarray:
         """The query's L2-normalised embedding, float32 ``(D,)``."""
-        from mof.split_encoding import autocast_for
+        from mof.evaluate.split_encoding import autocast_for
 
         with torch.inference_mode(), autocast_for(self.device):
             tokens = {k: v.to(self.device) for k, v in self.model.tokenize([text]).items()}

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mof.train.config import (
-    ConfigError,
-    TrainConfig,
-    load_train_config,
-    save_train_config,
-)
+from mof.train.config import TrainConfig
 
-__all__ = ["ConfigError", "TrainConfig", "load_train_config", "save_train_config", "train"]
+__all__ = ["train"]
 
 
 def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:

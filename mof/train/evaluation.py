@@ -1,11 +1,11 @@
-"""Evaluation during training: the in-memory model on the test shards (``mof.evaluate``)."""
+"""Evaluation during training: the in-memory model on the test shards (:mod:`mof.evaluate`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mof.evaluate import evaluate_model, flatten_metrics
+from mof.evaluate.evaluate import evaluate_model, flatten_metrics
 from mof.models.contract import RetrievalModel
 from pipeline.atomic import atomic_write_json
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from mof.models import RetrievalModel, create_model
+from mof.models import create_model
+from mof.models.contract import RetrievalModel
 from mof.models.io import load_model
 from mof.models.tokenizer import WordTokenizer
 
@@ -35,7 +36,7 @@ def build_model(name: str, model_args: dict, captions: list[str], seed: int,
     if checkpoint_dir is not None:
         return load_model(checkpoint_dir)
     if init_from is not None:
-        from mof.evaluate import resolve_checkpoint
+        from mof.evaluate.evaluate import resolve_checkpoint
 
         model = load_model(resolve_checkpoint(init_from)[0])
         if model.spec.get("name") != name:

@@ -26,15 +26,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from mof.bilevel import (
-    InnerGrad,
-    Preconditioner,
-    fd_step_cosines,
-    frame_adam_step,
-    make_loss_fn,
-    meta_gradient,
-    rng_scope,
-)
+from mof.bilevel import Preconditioner, fd_step_cosines, frame_adam_step, meta_gradient
+from mof.bilevel_passes import InnerGrad, make_loss_fn, rng_scope
 from mof.frame_mix import mix_frames, mix_residual, mix_vjp
 from mof.loss import contrastive_loss
 from mof.models.contract import RetrievalModel

@@ -1,16 +1,19 @@
 """Before the first phase: list the training videos and fill the MOF store from the shards.
 
 The store needs every video id up front (one row each), and the word-level tokenizer of the
-tiny models needs every caption, so each rank scans its shards once without decoding frames
-and the ranks exchange what they saw. Rows are then initialised **before training** from the
-U frames at the segment midpoints of the stored R (``uniform_subset``), each rank writing the
-rows of its own shards. Initialisation resumes: only rows the store reports missing are
-written, so a run killed while filling the store continues where it stopped.
+tiny models needs every caption. Both come from the ``samples.jsonl`` the shard writer leaves
+beside ``index.json``, so listing them opens no shard; for shards without it, each rank scans
+its shards once without decoding frames and the ranks exchange what they saw. Rows are then
+initialised **before training** from the U frames at the segment midpoints of the stored R
+(``uniform_subset``), each rank writing the rows of its own shards. Initialisation resumes: only
+rows the store reports missing are written, so a run killed while filling the store continues
+where it stopped.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +28,10 @@ from mof.frames import to_model_input
 from mof.models.contract import InputContract
 from mof.train.data import anchor_positions
 from mof.train.distributed import DistInfo, all_gather_objects, barrier
-from pipeline.framestore import FrameStore
-from pipeline.reader import ShardDataset
+from pipeline.framestore.store import FrameStore
 from pipeline.sampling import uniform_subset
+from pipeline.shards.index import read_listed_samples
+from pipeline.shards.reader import ShardDataset, shards_for_worker
 
 __all__ = [
     "TrainIndex",
@@ -75,25 +79,50 @@ def _summary(sample: dict) -> dict:
             "dataset": sample["meta"].get("dataset", ""), "shape": _npy_shape(sample["frames"])}
 
 
+_log = logging.getLogger(__name__)
+
+
 def scan_train_shards(shards: list[str], dist: DistInfo, workers: int,
                       progress: bool = True) -> TrainIndex:
-    """Read keys, captions and frame shapes of the training shards (every rank its own part).
+    """Keys, captions and frame shapes of the training shards.
+
+    Read from the shard directories' ``samples.jsonl`` when every directory has one; otherwise
+    from the shards themselves, every rank its own part (with a one-line notice).
 
     Raises:
         ValueError: samples with different stored shapes, or the same key twice.
     """
+    listed, reason = read_listed_samples(shards)
+    if listed is not None:
+        rows = [{"key": r["key"], "captions": r["captions"], "dataset": listed.dataset,
+                 "shape": listed.frames_shape} for r in listed.rows]
+        # The samples each rank will read: its shards as the reader splits them by rank.
+        counts = [sum(listed.per_shard[i] for i in _rank_shards(len(shards), r, dist))
+                  for r in range(dist.world_size)]
+        return _train_index(rows, counts, len(shards))
+    if dist.is_main:
+        _log.warning("listing the training videos by reading the shards: %s", reason)
     dataset = ShardDataset(shards, shuffle=0, rank=dist.rank, world_size=dist.world_size,
                            decode=False)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_summary)
     local = [s for s in tqdm(loader, desc="scan shards", unit="video", leave=False,
                              disable=not (progress and dist.is_main))]
     gathered = all_gather_objects(local)
-    rows = [s for part in gathered for s in part]
+    return _train_index([s for part in gathered for s in part], [len(p) for p in gathered],
+                        len(shards))
+
+
+def _rank_shards(count: int, rank: int, dist: DistInfo) -> list[int]:
+    return shards_for_worker(list(range(count)), rank, dist.world_size, 0, 1)
+
+
+def _train_index(rows: list[dict], rank_samples: list[int], num_shards: int) -> TrainIndex:
+    """Check the listed samples (one stored shape, unique keys) and sort their keys."""
     shapes = {s["shape"] for s in rows}
     keys = sorted(s["key"] for s in rows)
     problems = []
     if not rows:
-        problems.append(f"no training samples in {len(shards)} shard(s)")
+        problems.append(f"no training samples in {num_shards} shard(s)")
     if len(shapes) > 1:
         problems.append(f"training samples store different frame shapes {sorted(shapes)}")
     if len(set(keys)) != len(keys):
@@ -104,7 +133,7 @@ def scan_train_shards(shards: list[str], dist: DistInfo, workers: int,
     stored, side = next(iter(shapes))[0], next(iter(shapes))[1]
     return TrainIndex(keys=keys, captions=[c for s in rows for c in s["captions"]],
                       stored_frames=stored, frame_side=side, dataset=rows[0]["dataset"],
-                      rank_samples=[len(part) for part in gathered])
+                      rank_samples=rank_samples)
 
 
 def open_frame_store(path: Path, index: TrainIndex, contract: InputContract, *, num_frames: int,

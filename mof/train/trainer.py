@@ -1,7 +1,7 @@
 """The training recipe: ``setup / train / evaluate / save_checkpoint / cleanup``.
 
 The trainer only sequences: data draws (:mod:`mof.train.data`), the model-level and the
-frame-level step (:mod:`mof.train.phases`), store I/O (``pipeline.framestore``), the undo
+frame-level step (:mod:`mof.train.phases`), store I/O (``pipeline.framestore.store``), the undo
 journal, checkpoints and the run's position (:mod:`mof.train.checkpoint`), evaluation
 (:mod:`mof.train.evaluation`) and logging and the summary (:mod:`mof.train.run_log`). One
 *stage* is a pass over the epoch's batches: ``model`` (model-level steps, plus frame-level steps
@@ -58,9 +58,9 @@ from mof.train.store_setup import (
     open_frame_store,
     scan_train_shards,
 )
-from pipeline.framestore import FrameRows
-from pipeline.framestore_io import AsyncFrameIO, PendingRead
-from pipeline.reader import resolve_shards
+from pipeline.framestore.format import FrameRows
+from pipeline.framestore.io import AsyncFrameIO, PendingRead
+from pipeline.shards.samples import resolve_shards
 
 __all__ = ["Trainer"]
 

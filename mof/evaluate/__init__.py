@@ -1,0 +1,1 @@
+"""`mof-cli eval`: encode a test split at U uniform frames, rank, write `metrics.json`."""

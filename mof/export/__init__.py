@@ -1,0 +1,1 @@
+"""`mof-cli export-frames`: a run's learned frames as pictures, grids, MP4s, attention overlays."""

@@ -1,0 +1,1 @@
+"""Datasets: descriptors, annotation parsers, video records, video folders, `mof-cli check`."""

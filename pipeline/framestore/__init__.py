@@ -1,0 +1,1 @@
+"""The Zarr MOF store: its format, the `FrameStore` handle, asynchronous prefetch and write-back."""

@@ -1,0 +1,1 @@
+"""WebDataset shards: the writer (plan, worker, retry), `index.json`, the reader, `inspect`."""

@@ -1,0 +1,1 @@
+"""The embedded synthetic dataset: grammar, captions, rendering, statistics, the generator."""
