@@ -236,6 +236,7 @@ def test_diagnosis_measures_drift_and_meta_gradient_sign(micro):
     assert (math.isfinite(probe["gap_closed"]) if gap > 0 else probe["gap_closed"] is None)
     assert probe["beta"] == micro["cfg"].resolved_frame_lr
     assert all(-1 <= c <= 1 for c in probe["alignment"].values())
+    assert probe["grad_norm_ratio"] > 0
 
 
 @pytest.mark.slow  # runs the micro grid

@@ -159,6 +159,9 @@ def meta_gradient_probe(run: Path, batch_size: int = 16) -> dict[str, Any]:
             "max": float(g.abs().max()), "below_eps": float((g.abs() < 1e-8).float().mean()),
             "adam_step_fraction": float(adam_first.abs().mean()), "steps": steps,
             "model_grad_change": diff / max(norms["start"], 1e-30),
+            # gain(x) ≈ α ∇L(x)·∇L(V^R): the norm of the model gradient on the frames, against
+            # that on the uniform frames they started from, says how much of a gain is scale.
+            "grad_norm_ratio": norms["learned"] / max(norms["start"], 1e-30),
             "beta": beta_run, "gain_learned": loss_r - base, "gain_regular": loss_r - ideal,
             # No gap to close when the inner step on ε already lowers the R-frame loss as much
             # as one on the R frames themselves.
@@ -312,15 +315,17 @@ def diagnose(cfg: Table4Config, shards_test: str) -> str:
               "wants gain(ε) to reach gain(V^R). *Closed*: the share of the gap gain(V^R) − "
               "gain(ε) that one Adam step of the run's β on ε closes (*no gap*: gain(ε) is "
               "already at least gain(V^R)). *Alignment*: cosine of "
-              "∇_Θ L(Θ; x) with ∇_Θ L(Θ; V^R).")
+              "∇_Θ L(Θ; x) with ∇_Θ L(Θ; V^R). To first order gain(x) = α ∇L(x)·∇L(V^R), "
+              "so it grows with the norm of ∇L(x) as well as with the alignment; the last "
+              "column is that norm on the learned frames over the norm on the uniform ones.")
     header = ("| cell | β | gain(ε) | gain(V^R) | closed by one step | alignment: uniform / "
-              "learned / after the step |")
-    lines += ["", title, "", legend, "", header, "|---|---|---|---|---|---|"]
+              "learned / after the step | ‖∇L(ε)‖ / ‖∇L(uniform)‖ |")
+    lines += ["", title, "", legend, "", header, "|---|---|---|---|---|---|---|"]
     for cell, p in probes:
         a = p["alignment"]
         lines.append(f"| {cell.label} | {p['beta']:g} | {p['gain_learned']:.2e} | "
                      f"{p['gain_regular']:.2e} | {_share(p['gap_closed'])} | {a['start']:.3f} / "
-                     f"{a['learned']:.3f} / {a['stepped']:.3f} |")
+                     f"{a['learned']:.3f} / {a['stepped']:.3f} | {p['grad_norm_ratio']:.2f} |")
     title = ("## Training videos: the model on its learned frames and on uniform frames "
              "(t2v, first 500 training videos, first caption each)")
     header = ("| cell | seed | R@1 / R@10 / MedR, uniform frames | learned frames | "
