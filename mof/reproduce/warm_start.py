@@ -10,7 +10,9 @@ others did after 2 epochs, so seed spread swamped every difference between frame
 (``docs/results/table4-findings.md``).
 
 The warm start plays the part of the pre-trained checkpoint: a baseline trained on
-``warm_start_frames`` uniform frames for ``warm_start_epochs`` epochs (seed 0), once per grid.
+``warm_start_frames`` uniform frames for ``warm_start_epochs`` epochs at ``warm_start_lr``
+(seed 0), once per grid; for ``*-tiny`` models on synthetic data it trains on a generated
+corpus of other videos (``docs/laboratory.md``), and the cells fine-tune it at a lower lr.
 Every cell and seed then starts from its last checkpoint (``mof-cli train --init-from``), so
 cells differ only in what the paper varies: the frames seen in fine-tuning. Layout::
 
