@@ -174,6 +174,19 @@ def test_aggregation_matches_hand_computed_values(micro):
     assert [m.metric for m in comparison.companions] == ["MeanR", "loss"]
 
 
+def test_mof_with_r_equal_u_is_compared_with_its_one_baseline_once():
+    from mof.reproduce.aggregate import SeedResult
+
+    metrics = {"R@1": 10.0, "R@5": 30.0, "R@10": 40.0, "MedR": 9.0, "MeanR": 20.0, "loss": 3.0}
+    cells = [Cell(8), Cell(8, 8), Cell(4, 8), Cell(4), Cell(32)]
+    results = [SeedResult(cell, seed, {**metrics, "R@1": 10.0 + seed + cell.used / 8}, 1.0, 1.0)
+               for cell in cells for seed in (0, 1)]
+    found = [(c.cell.frames, c.against.frames, c.kind)
+             for c in compare(summarize(results, cells), results)]
+    assert found == [("8:8", "8", "equal test cost"), ("8:4", "4", "equal test cost"),
+                     ("8:4", "8", "all R frames")]
+
+
 def test_mean_std_verdicts():
     stat = mean_std([10.0, 12.0, 14.0])
     assert (stat.mean, stat.std, stat.n) == (12.0, 2.0, 3)

@@ -211,3 +211,19 @@ def test_setup_lists_videos_from_the_sidecar_without_opening_a_shard(train_data,
     assert sorted(listed.captions) == sorted(scanned.captions)
     assert (listed.stored_frames, listed.frame_side, listed.dataset, listed.rank_samples) == (
         scanned.stored_frames, scanned.frame_side, scanned.dataset, scanned.rank_samples)
+
+
+def test_setup_names_the_keys_two_training_shards_share(train_data, tmp_path):
+    from mof.train.distributed import DistInfo
+    from mof.train.store_setup import scan_train_shards
+    from pipeline.shards.samples import resolve_shards
+
+    one = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    again = tmp_path / "again"
+    shutil.copytree(train_data["train"], again)
+    shards = resolve_shards(train_data["train"]) + resolve_shards(again)
+    first = scan_train_shards(resolve_shards(train_data["train"]), one, workers=0,
+                              progress=False)
+    with pytest.raises(ValueError, match="duplicate training keys") as error:
+        scan_train_shards(shards, one, workers=0, progress=False)
+    assert str(first.keys[:10]) in str(error.value)

@@ -235,7 +235,8 @@ def compare_cells(results: list[SeedResult], cell: Cell, base: Cell, kind: str,
 def compare(summaries: list[CellSummary], results: list[SeedResult],
             metric: str = "R@1") -> list[Comparison]:
     """Each MOF cell against its equal-test-cost baseline (same U) and, where the grid has
-    it, against the baseline on all R frames (what MOF tries to compress into U).
+    it and R differs from U, against the baseline on all R frames (what MOF tries to compress
+    into U).
 
     Args:
         summaries: from :func:`summarize` (their order is kept).
@@ -247,8 +248,10 @@ def compare(summaries: list[CellSummary], results: list[SeedResult],
     for summary in summaries:
         if not summary.cell.is_mof:
             continue
-        for kind, base in (("equal test cost", equal_cost_baseline(summary.cell)),
-                           ("all R frames", Cell(summary.cell.regular))):
+        baselines = [("equal test cost", equal_cost_baseline(summary.cell))]
+        if summary.cell.regular != summary.cell.used:  # R = U (8 => 8): the same baseline
+            baselines.append(("all R frames", Cell(summary.cell.regular)))
+        for kind, base in baselines:
             found = compare_cells(results, summary.cell, base, kind, metric)
             if found is None:
                 continue

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def _train_index(rows: list[dict], rank_samples: list[int], num_shards: int) -> 
     if len(shapes) > 1:
         problems.append(f"training samples store different frame shapes {sorted(shapes)}")
     if len(set(keys)) != len(keys):
-        dupes = sorted({k for k in keys if keys.count(k) > 1})[:10]
+        dupes = sorted(k for k, n in Counter(keys).items() if n > 1)[:10]
         problems.append(f"duplicate training keys {dupes}")
     if problems:
         raise ValueError("; ".join(problems))
