@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from mof.reproduce import reproduce_table4
 from mof.reproduce.config import (
@@ -36,8 +37,9 @@ def _config(base: Path, **overrides) -> Table4Config:
 def grid(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("pretrain")
     cfg = _config(base)
+    threads = torch.get_num_threads()
     summary = reproduce_table4(cfg)
-    return {"base": base, "cfg": cfg, "summary": summary}
+    return {"base": base, "cfg": cfg, "summary": summary, "threads": threads}
 
 
 def test_defaults_and_validation(tmp_path):
@@ -87,6 +89,9 @@ def test_warm_start_trains_on_the_generated_corpus(grid):
     assert where.name == f"warm-start-pretrain-n6-seed{PRETRAIN_SEED}"
     record = json.loads((where / "warm_start.json").read_text())
     assert record["train_config"]["train"] == shards.pretrain
+    # Trained on the grid's cores whatever the process had, which it gets back afterwards.
+    assert record["threads"] == cfg.jobs * cfg.threads
+    assert torch.get_num_threads() == grid["threads"]
     assert record["metrics"]["t2v"]["count"] == 4 * 5  # evaluated on the test split
     assert "from random weights, seed 0, on a generated pre-training corpus of 6 other videos" in (
         Path(cfg.results) / "table4.md").read_text()

@@ -344,10 +344,16 @@ def run_grid(cfg: Table4Config, shards: ShardPaths,
              for cell in sorted(cfg.cells, key=_cost, reverse=True)]
     outcomes: list[CellOutcome] = []
     if cfg.jobs == 1:
-        for frames, seed in tasks:
-            outcomes.append(_run_cell_safely(cfg_dict, frames, seed, shards, cfg.threads))
-            if on_done:
-                on_done(outcomes[-1])
+        import torch
+
+        before = torch.get_num_threads()  # the cells run here: the caller gets its count back
+        try:
+            for frames, seed in tasks:
+                outcomes.append(_run_cell_safely(cfg_dict, frames, seed, shards, cfg.threads))
+                if on_done:
+                    on_done(outcomes[-1])
+        finally:
+            torch.set_num_threads(before)
         return outcomes
     with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_run_cell_safely, cfg_dict, frames, seed, shards, cfg.threads)

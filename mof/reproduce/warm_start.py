@@ -65,6 +65,8 @@ def run_warm_start(cfg: Table4Config, shards: ShardPaths) -> dict[str, Any] | No
     """
     if not cfg.resolved_warm_start_epochs:
         return None
+    import torch
+
     from mof.evaluate.evaluate import EvalConfig, evaluate
     from mof.reproduce.runner import _check_same, _write_json, resume_or_restart
     from mof.train import train as train_run
@@ -80,14 +82,22 @@ def run_warm_start(cfg: Table4Config, shards: ShardPaths) -> dict[str, Any] | No
     where.mkdir(parents=True, exist_ok=True)
     resumable, _ = resume_or_restart(config, run)
     start = time.time()
-    train_run(resumable, progress=cfg.progress)
+    # A CPU run's numbers depend on its thread count (the order of float sums), so the warm
+    # start takes a count fixed by the settings, not by the machine or OMP_NUM_THREADS: every
+    # core the grid's jobs will use.
+    threads, before = cfg.jobs * cfg.threads, torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        train_run(resumable, progress=cfg.progress)
+    finally:
+        torch.set_num_threads(before)
     report = evaluate(EvalConfig(shards=shards.test, checkpoint=str(run / "checkpoints" / "last"),
                                  out=str(where), frames=cfg.warm_start_frames,
                                  device=cfg.device, progress=False))
     record = {"metrics": report["metrics"], "frames": cfg.warm_start_frames,
               "epochs": cfg.resolved_warm_start_epochs, "epoch_loss": _epoch_losses(run),
               "collapsed_loss": 2 * math.log(cfg.batch_size), "seconds": time.time() - start,
-              "train_config": config.to_dict()}
+              "threads": threads, "train_config": config.to_dict()}
     _write_json(done, record)
     return record
 
