@@ -61,6 +61,9 @@ def main() -> None:
 @click.option("--duration", "duration_s", default=4.0, show_default=True,
               help="Seconds per video.")
 @click.option("--captions", default=5, show_default=True, help="Captions per video.")
+@click.option("--test-captions", type=int, default=None,
+              help="Captions per test video [default: --captions]; the first --captions are "
+                   "the same either way, so more only add queries.")
 @click.option("--min-events", default=3, show_default=True, help="Fewest events per video.")
 @click.option("--max-events", default=5, show_default=True, help="Most events per video.")
 @click.option("--flash-frames", default=3, show_default=True, help="Frames a flash lasts.")

@@ -92,7 +92,7 @@ def test_warm_start_trains_on_the_generated_corpus(grid):
     # Trained on the grid's cores whatever the process had, which it gets back afterwards.
     assert record["threads"] == cfg.jobs * cfg.threads
     assert torch.get_num_threads() == grid["threads"]
-    assert record["metrics"]["t2v"]["count"] == 4 * 5  # evaluated on the test split
+    assert record["metrics"]["t2v"]["count"] == 4 * 20  # the test split: 20 captions a video
     assert "from random weights, seed 0, on a generated pre-training corpus of 6 other videos" in (
         Path(cfg.results) / "table4.md").read_text()
     run_config = (cell_dir(cfg, Cell(1), 0) / "run" / "config.yaml").read_text()

@@ -64,10 +64,10 @@ def test_parse_grid_and_equal_cost_baselines():
 def test_config_reports_every_problem(tmp_path):
     with pytest.raises(ValueError) as err:
         Table4Config(dataset="msrvtt", grid="4:8", seeds=0, select="median",
-                     train_args={"frames": "2", "bogus": 1})
+                     train_args={"frames": "2", "bogus": 1}, synth_test_captions=21)
     text = str(err.value)
     for fragment in ("--root is required", "R >= U", "--seeds", "--select", "bogus",
-                     "frames: set by the grid"):
+                     "frames: set by the grid", "--synth-test-captions must be at most 20"):
         assert fragment in text
 
 
@@ -105,7 +105,7 @@ def test_cells_fine_tune_one_shared_warm_start(micro):
     record = json.loads((where / "warm_start.json").read_text())
     assert record["frames"] == 4 and record["epochs"] == 1 and len(record["epoch_loss"]) == 1
     assert record["train_config"]["frames"] == "4" and record["train_config"]["seed"] == 0
-    assert record["metrics"]["t2v"]["count"] == 4 * 5  # its own evaluation, 4 frames
+    assert record["metrics"]["t2v"]["count"] == 4 * 20  # its own evaluation, 4 frames
     start = str(where / "run" / "checkpoints" / "last")
     for cell in cfg.cells:
         for seed in (0, 1):

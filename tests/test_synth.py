@@ -277,3 +277,34 @@ def test_cli_synth_wiring(tmp_path):
     assert result.exit_code != 0 and "seed: 0 there, 1 requested" in result.output
     result = runner.invoke(main, ["synth", "--out", str(tmp_path / "x"), "--size", "63"])
     assert result.exit_code != 0 and "--size" in result.output
+
+
+def test_more_test_captions_only_add_queries(small, tmp_path):
+    # Planned: the default dataset with 20 captions per test video against the default.
+    plain = plan_dataset(SynthConfig(out=tmp_path))
+    more = plan_dataset(SynthConfig(out=tmp_path, test_captions=20))
+    assert [p.video_id for p in more] == [p.video_id for p in plain]
+    for a, b in zip(plain, more, strict=True):
+        assert (a.split, a.events, a.sprites) == (b.split, b.events, b.sprites)
+        if a.split == "train":
+            assert a.captions == b.captions
+        else:
+            assert b.captions[:5] == a.captions and len({c.text for c in b.captions}) == 20
+    # Generated: the same frames, test annotations with more captions, and the setting
+    # saved (a directory without it keeps resuming as before).
+    cfg, out = small[0], tmp_path / "more"
+    result = CliRunner().invoke(main, ["synth", "--out", str(out), "--quiet", "--test-captions",
+                                       "9", "--train", "12", "--test", "4"])
+    assert result.exit_code == 0, result.output
+    rows = {json.loads(x)["video_id"]: json.loads(x)
+            for x in (out / "annotations.jsonl").read_text().splitlines()}
+    ref, dec = _decoded(cfg.out), _decoded(out)
+    for key in ref:
+        np.testing.assert_array_equal(dec[key], ref[key])
+    for line in (cfg.out / "annotations.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        wanted = 9 if row["split"] == "test" else 5
+        assert rows[row["video_id"]]["captions"][:5] == row["captions"]
+        assert len(rows[row["video_id"]]["captions"]) == wanted
+    assert yaml.safe_load((out / "synth_config.yaml").read_text())["test_captions"] == 9
+    assert "test_captions" not in yaml.safe_load((cfg.out / "synth_config.yaml").read_text())

@@ -84,6 +84,8 @@ _OPTIONS = [
          type=int),
     _opt("--synth-train", "Training videos of the generated synthetic dataset.", type=int),
     _opt("--synth-test", "Test videos of the generated synthetic dataset.", type=int),
+    _opt("--synth-test-captions", "Captions per test video of the generated synthetic "
+                                  "dataset: the queries (training videos keep 5).", type=int),
     _opt("--jobs", "Cells trained at the same time, one process each.", type=int),
     _opt("--threads", "Torch threads per job.", type=int),
     _opt("--device", "Where to train and evaluate.", type=click.Choice(["auto", "cpu", "cuda"])),

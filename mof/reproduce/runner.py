@@ -176,7 +176,9 @@ def prepare_data(cfg: Table4Config) -> ShardPaths:
 
         root = str(Path(cfg.work) / SYNTHETIC / "data")
         generate_synthetic(SynthConfig(out=Path(root), train=cfg.synth_train,
-                                       test=cfg.synth_test, progress=cfg.progress))
+                                       test=cfg.synth_test,
+                                       test_captions=cfg.synth_test_captions,
+                                       progress=cfg.progress))
     shards, frames, size = _shard_root(cfg)
     for split in ("train", "test"):
         _write_split(cfg, root, split, shards / split, frames, size)

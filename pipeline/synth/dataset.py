@@ -84,6 +84,9 @@ class SynthConfig:
         fps: frames per second.
         duration_s: video length in seconds; frames per video is ``round(fps * duration_s)``.
         captions: captions per video (the first one is the canonical, full-detail caption).
+        test_captions: captions per test video (``None``: ``captions``). A video's first
+            ``captions`` captions do not depend on it and neither do its frames, so more test
+            captions only add queries over the same test videos (lower-noise recalls).
         min_events: fewest events in a video.
         max_events: most events in a video.
         flash_frames: length of a ``flash`` event in frames.
@@ -100,6 +103,7 @@ class SynthConfig:
     fps: int = 12
     duration_s: float = 4.0
     captions: int = 5
+    test_captions: int | None = None
     min_events: int = 3
     max_events: int = 5
     flash_frames: int = 3
@@ -122,6 +126,8 @@ class SynthConfig:
             problems.append(f"--fps must be in [1, 120], got {self.fps}")
         if not 1 <= self.captions <= 20:
             problems.append(f"--captions must be in [1, 20], got {self.captions}")
+        if self.test_captions is not None and not 1 <= self.test_captions <= 20:
+            problems.append(f"--test-captions must be in [1, 20], got {self.test_captions}")
         if not 2 <= self.min_events <= self.max_events <= 8:
             problems.append(f"--min-events/--max-events must satisfy 2 <= min <= max <= 8, "
                             f"got {self.min_events}/{self.max_events}")
@@ -147,6 +153,8 @@ class SynthConfig:
     def settings(self) -> dict[str, Any]:
         """The settings that determine the output, as saved in ``synth_config.yaml``."""
         skip = {"out", "workers", "progress"}
+        if self.test_captions is None:  # as saved before the option existed
+            skip.add("test_captions")
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in skip}
         out.update(num_frames=self.num_frames, format_version=SYNTH_FORMAT_VERSION)
@@ -196,18 +204,19 @@ def plan_dataset(cfg: SynthConfig) -> list[VideoPlan]:
     """
     total, seen, plans = cfg.train + cfg.test, set(), []
     for i in range(total):
+        split = "train" if i < cfg.train else "test"
+        count = cfg.test_captions if split == "test" and cfg.test_captions else cfg.captions
         for attempt in range(1000):
             rng = np.random.default_rng([cfg.seed, i, attempt])
             events, sprites = plan_events(
                 rng, num_frames=cfg.num_frames, size=cfg.size, min_events=cfg.min_events,
                 max_events=cfg.max_events, flash_frames=cfg.flash_frames)
-            captions = caption_video(rng, events, cfg.captions)
+            captions = caption_video(rng, events, count)
             if captions[0].text not in seen:
                 break
         else:
             raise SynthError(f"video {i}: no unique caption set in 1000 draws; allow more events")
         seen.add(captions[0].text)
-        split = "train" if i < cfg.train else "test"
         plan = VideoPlan(_video_id(i, total), split, cfg.num_frames, cfg.size, events, sprites)
         plans.append(with_captions(plan, captions))
     return plans
