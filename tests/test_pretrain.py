@@ -70,6 +70,23 @@ def test_learning_rates_of_warm_start_and_cells(tmp_path):
         Table4Config(warm_start_lr=0.0)
 
 
+def test_variant_grids_share_the_warm_start(tmp_path):
+    """Frame-level train args (a MOF variant's) leave the warm start, a baseline, as it is;
+    other train args reach it."""
+    import dataclasses
+
+    from mof.train.config import FRAME_LEVEL_SETTINGS, TrainConfig
+
+    assert {f.name for f in dataclasses.fields(TrainConfig)} >= FRAME_LEVEL_SETTINGS
+    plain = Table4Config(work=str(tmp_path), train_args={"augment": "none"})
+    variant = Table4Config(work=str(tmp_path), train_args={
+        "augment": "none", "frame_param": "mix", "inner_step": "adamw", "frame_steps": 3})
+    assert variant.warm_start_config("t", "o") == plain.warm_start_config("t", "o")
+    assert variant.warm_start_config("t", "o").augment == "none"
+    mof = variant.train_config(variant.cells[-1], 0, "t", None, "o")
+    assert (mof.frame_param, mof.inner_step, mof.frame_steps) == ("mix", "adamw", 3)
+
+
 def test_warm_start_trains_on_the_generated_corpus(grid):
     cfg, summary = grid["cfg"], grid["summary"]
     assert summary.outcomes == {"trained": 1} and not summary.failed

@@ -297,7 +297,7 @@ class Table4Config:
     def warm_start_config(self, train: str, out: str, test: str | None = None):
         """The ``TrainConfig`` of the warm start: a baseline on ``warm_start_frames``, seed 0,
         evaluated on ``test`` every ``eval_every`` epochs (its learning curve) when given."""
-        from mof.train.config import TrainConfig
+        from mof.train.config import FRAME_LEVEL_SETTINGS, TrainConfig
 
         settings: dict[str, Any] = {
             "model": self.model, "model_args": self.resolved_model_args, "train": train,
@@ -307,7 +307,10 @@ class Table4Config:
             "lr": self.resolved_warm_start_lr, "eval_every": max(self.eval_every, 1),
             "device": self.device, "workers": 0,
         }
-        settings.update(self.resolved_train_args)
+        # A baseline: frame-level settings (a MOF variant's) leave it as it is, so grids of
+        # variants share one warm start.
+        settings.update({k: v for k, v in self.resolved_train_args.items()
+                         if k not in FRAME_LEVEL_SETTINGS})
         return TrainConfig(**settings)
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,6 +39,13 @@ _SCHEDULES = ("phase", "epoch")
 _FRAME_GRAD_SCALES = ("alpha", "raw")
 _INNER_STEPS = ("sgd", "adamw")
 _FRAME_PARAMS = ("pixels", "mix")
+
+#: The settings of the frame level: a baseline run (``frames`` = U) ignores every one of them.
+FRAME_LEVEL_SETTINGS = frozenset({
+    "meta_grad", "fd_step", "fd_check", "fd_scheme", "frame_schedule", "frame_step_every",
+    "frame_steps", "inner_step", "frame_param", "mix_lr", "mix_init_logit", "inner_lr",
+    "frame_lr", "frame_betas", "frame_lr_step", "frame_lr_gamma", "frame_grad_scale",
+    "store_dtype"})
 _AUGMENT = ("none", "crop", "crop-flip")
 _DEVICES = ("auto", "cpu", "cuda")
 _STORE_DTYPES = ("float32", "float16")
