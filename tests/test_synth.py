@@ -26,7 +26,7 @@ from pipeline.synth.dataset import (
     plan_dataset,
 )
 from pipeline.synth.grammar import BACKGROUND, PALETTE, SHAPES, min_window
-from pipeline.synth.render import decode_mp4, visible_colours
+from pipeline.synth.render import decode_mp4, render_video, visible_colours
 from pipeline.synth.stats import event_coverage, oracle_recall_at_1
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,10 +82,15 @@ def test_same_seed_same_dataset_other_seed_differs(small, tmp_path):
     again = generate_synthetic(SynthConfig(out=tmp_path / "again", workers=1, **SMALL))
     for name in ("annotations.jsonl", "timeline.jsonl"):
         assert (again.out / name).read_bytes() == (cfg.out / name).read_bytes()
+    for plan in load_timeline(cfg.out)[:4]:  # what is drawn depends on the plan alone
+        np.testing.assert_array_equal(render_video(plan), render_video(plan))
+    # The encoded files are not always bit-identical (x264 in a busy process pool: see
+    # docs/synthetic.md); decoded, they differ by a few grey levels in a few pixels at most.
     ref, dec = _decoded(cfg.out), _decoded(again.out)
     assert ref.keys() == dec.keys()
     for key in ref:
-        np.testing.assert_array_equal(dec[key], ref[key])
+        diff = np.abs(dec[key].astype(np.int16) - ref[key].astype(np.int16))
+        assert dec[key].shape == ref[key].shape and diff.mean() < 0.5, (key, diff.mean())
 
     other = generate_synthetic(SynthConfig(out=tmp_path / "other", seed=1, workers=1, **SMALL))
     assert (other.out / "annotations.jsonl").read_bytes() != (cfg.out / "annotations.jsonl")\
@@ -290,7 +295,7 @@ def test_more_test_captions_only_add_queries(small, tmp_path):
             assert a.captions == b.captions
         else:
             assert b.captions[:5] == a.captions and len({c.text for c in b.captions}) == 20
-    # Generated: the same frames, test annotations with more captions, and the setting
+    # Generated: the same drawings, test annotations with more captions, and the setting
     # saved (a directory without it keeps resuming as before).
     cfg, out = small[0], tmp_path / "more"
     result = CliRunner().invoke(main, ["synth", "--out", str(out), "--quiet", "--test-captions",
@@ -298,9 +303,11 @@ def test_more_test_captions_only_add_queries(small, tmp_path):
     assert result.exit_code == 0, result.output
     rows = {json.loads(x)["video_id"]: json.loads(x)
             for x in (out / "annotations.jsonl").read_text().splitlines()}
-    ref, dec = _decoded(cfg.out), _decoded(out)
-    for key in ref:
-        np.testing.assert_array_equal(dec[key], ref[key])
+    # The frames are drawn from the plans alone (events and sprites, equal above), so they are
+    # the same; the timeline holds what they were drawn from.
+    for a, b in zip(load_timeline(cfg.out), load_timeline(out), strict=True):
+        assert (a.video_id, a.events, a.sprites) == (b.video_id, b.events, b.sprites)
+        np.testing.assert_array_equal(render_video(a), render_video(b))
     for line in (cfg.out / "annotations.jsonl").read_text().splitlines():
         row = json.loads(line)
         wanted = 9 if row["split"] == "test" else 5
@@ -308,3 +315,5 @@ def test_more_test_captions_only_add_queries(small, tmp_path):
         assert len(rows[row["video_id"]]["captions"]) == wanted
     assert yaml.safe_load((out / "synth_config.yaml").read_text())["test_captions"] == 9
     assert "test_captions" not in yaml.safe_load((cfg.out / "synth_config.yaml").read_text())
+    same = SynthConfig(out=cfg.out, test_captions=5, **{k: v for k, v in SMALL.items()})
+    assert generate_synthetic(same).skipped == 16  # as many captions as --captions: no change

@@ -153,7 +153,7 @@ class SynthConfig:
     def settings(self) -> dict[str, Any]:
         """The settings that determine the output, as saved in ``synth_config.yaml``."""
         skip = {"out", "workers", "progress"}
-        if self.test_captions is None:  # as saved before the option existed
+        if self.test_captions in (None, self.captions):  # as saved before the option existed
             skip.add("test_captions")
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in skip}
