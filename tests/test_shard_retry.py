@@ -118,8 +118,12 @@ def test_nothing_to_retry(broken_root, tmp_path):
 
 
 def _run_until(command: list[str], ready, sig: int) -> subprocess.CompletedProcess:
-    """Start ``command``, send ``sig`` once ``ready()`` holds, and wait for it."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Start ``command``, send ``sig`` once ``ready()`` holds, and wait for it.
+
+    The command starts with Ctrl-C's default disposition, as from a terminal: a suite started
+    in the background by a shell inherits SIGINT ignored, and so would the command."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None and not ready():
         time.sleep(0.005)
