@@ -120,8 +120,8 @@ def test_nothing_to_retry(broken_root, tmp_path):
 def _run_until(command: list[str], ready, sig: int) -> subprocess.CompletedProcess:
     """Start ``command``, send ``sig`` once ``ready()`` holds, and wait for it.
 
-    The command starts with Ctrl-C's default disposition, as from a terminal: a suite started
-    in the background by a shell inherits SIGINT ignored, and so would the command."""
+    The command starts with Ctrl-C's default disposition, as from a terminal, whatever the
+    suite inherited (an ignored SIGINT passes to children through exec)."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
