@@ -138,8 +138,8 @@ def check(**options: object) -> None:
 def shard(merge_index: str | None, **options: object) -> None:
     """Decode every video of a split into R frames and write WebDataset shards + index.json."""
     from pipeline.interrupt import ShardInterrupted
-    from pipeline.shards.index import merge_indexes
-    from pipeline.shards.write import ShardConfig, write_shards
+    from pipeline.sharding.index import merge_indexes
+    from pipeline.sharding.write import ShardConfig, write_shards
 
     if merge_index:
         with _reported():
@@ -169,7 +169,7 @@ def shard(merge_index: str | None, **options: object) -> None:
               help="Frames per row at most (evenly spaced).")
 def inspect(shards: tuple[str, ...], sheet: str | None, samples: int, max_frames: int) -> None:
     """Count what SHARDS hold (a shard directory, patterns or files) and draw a contact sheet."""
-    from pipeline.shards.contact_sheet import InspectConfig, inspect_shards
+    from pipeline.sharding.contact_sheet import InspectConfig, inspect_shards
 
     with _reported(options=True):
         config = InspectConfig(list(shards), sheet=sheet, samples=samples, max_frames=max_frames)

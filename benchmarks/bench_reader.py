@@ -1,4 +1,4 @@
-"""Read throughput of the shard reader (:class:`pipeline.shards.reader.ShardDataset`), samples/s.
+"""Read throughput of the shard reader (:class:`pipeline.sharding.reader.ShardDataset`), samples/s.
 
 Writes shards in the documented sample format (``<key>.frames.npy`` uint8 ``(R, S, S, 3)`` and
 ``<key>.json``; see docs/shards.md) with the standard library's ``tarfile``, so the shards do
@@ -78,7 +78,7 @@ def load_baseline(directory: str, scratch: Path) -> type:
         module.write_text(text.replace("from pipeline.", "from baseline.")
                           .replace("import pipeline.", "import baseline."))
     sys.path.insert(0, str(scratch))
-    # pipeline/shards/reader.py, or pipeline/reader.py in a checkout without subpackages.
+    # pipeline/sharding/reader.py, or pipeline/reader.py in a checkout without subpackages.
     nested = (target / "shards" / "reader.py").is_file()
     module = "baseline.shards.reader" if nested else "baseline.reader"
     return importlib.import_module(module).ShardDataset
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="passes per mode (default 7)")
     parser.add_argument("--baseline", help="a directory holding another `pipeline` package")
     args = parser.parse_args()
-    from pipeline.shards.reader import ShardDataset
+    from pipeline.sharding.reader import ShardDataset
 
     repeats = args.repeats or (2 if args.quick else 7)
     configs = [(16, 64, 200 if args.quick else 800), (32, 224, 20 if args.quick else 80)]

@@ -69,7 +69,7 @@ _local = threading.local()
 
 def make_shards(cache: Path, videos: int, stored: int) -> str:
     """Synthetic train shards of ``videos`` videos with ``stored`` frames of 64 px (cached)."""
-    from pipeline.shards.write import ShardConfig, write_shards
+    from pipeline.sharding.write import ShardConfig, write_shards
     from pipeline.synth.dataset import SynthConfig, generate_synthetic
 
     raw, out = cache / f"raw-{videos}", cache / f"train-{videos}x{stored}"

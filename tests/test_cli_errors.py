@@ -11,9 +11,9 @@ from pipeline.datasets.parsers.common import ManifestError
 from pipeline.decode.common import DecodeError
 from pipeline.errors import MofError
 from pipeline.framestore.format import FrameStoreMismatchError
-from pipeline.shards.index import ShardIndexError
-from pipeline.shards.samples import ShardReadError
-from pipeline.shards.write import ShardConfigMismatch
+from pipeline.sharding.index import ShardIndexError
+from pipeline.sharding.samples import ShardReadError
+from pipeline.sharding.write import ShardConfigMismatch
 from pipeline.synth.dataset import SynthConfigError, SynthError
 
 

@@ -18,7 +18,7 @@ from mof.models import create_model
 from mof.models.io import save_model
 from mof.models.tokenizer import WordTokenizer
 from pipeline.sampling import uniform_subset
-from pipeline.shards.reader import ShardDataset
+from pipeline.sharding.reader import ShardDataset
 
 NUM_VIDEOS, CAPTIONS, STORED = 40, 2, 8
 

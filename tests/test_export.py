@@ -24,7 +24,7 @@ from mof.export.export import ExportConfig, export_frames
 from mof.train import train
 from pipeline.framestore.store import FrameStore
 from pipeline.sampling import uniform_subset
-from pipeline.shards.samples import iter_shard, resolve_shards
+from pipeline.sharding.samples import iter_shard, resolve_shards
 from tests.train_data import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

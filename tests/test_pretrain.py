@@ -24,7 +24,7 @@ from mof.reproduce.grid import Cell
 from mof.reproduce.paths import PRETRAIN_SEED, cell_dir, warm_start_dir
 from mof.reproduce.runner import shard_paths
 from mof.reproduce.warm_start import run_warm_start
-from pipeline.shards.index import read_index
+from pipeline.sharding.index import read_index
 from tests.table4_micro import micro_config
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from mof.evaluate.evaluate import EvalConfig, evaluate
 from mof.models.io import load_model
-from pipeline.shards.write import ShardConfig, write_shards
+from pipeline.sharding.write import ShardConfig, write_shards
 from pipeline.synth.dataset import SynthConfig, generate_synthetic
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "mof/models/pretrained/frozen-tiny-synthetic"

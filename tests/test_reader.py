@@ -14,10 +14,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from cli import main
-from pipeline.shards.contact_sheet import CAPTION_HEIGHT
-from pipeline.shards.reader import ShardDataset
-from pipeline.shards.samples import ShardReadError, iter_shard, resolve_shards
-from pipeline.shards.write import ShardConfig, write_shards
+from pipeline.sharding.contact_sheet import CAPTION_HEIGHT
+from pipeline.sharding.reader import ShardDataset
+from pipeline.sharding.samples import ShardReadError, iter_shard, resolve_shards
+from pipeline.sharding.write import ShardConfig, write_shards
 from tests.test_shard import make_dataset
 
 VIDEOS = [f"v{i:02d}" for i in range(10)]

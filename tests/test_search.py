@@ -30,8 +30,8 @@ from mof.search.query import search
 from mof.search.store import SearchIndexError, load_index
 from mof.train import train
 from pipeline.sampling import uniform_subset
-from pipeline.shards.reader import ShardDataset
-from pipeline.shards.samples import resolve_shards
+from pipeline.sharding.reader import ShardDataset
+from pipeline.sharding.samples import resolve_shards
 from tests.train_data import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

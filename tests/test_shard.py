@@ -18,16 +18,16 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.decode.video import decode_video
-from pipeline.shards.index import (
+from pipeline.sharding.index import (
     ShardIndexError,
     merge_indexes,
     read_index,
     read_listed_samples,
 )
-from pipeline.shards.reader import ShardDataset
-from pipeline.shards.samples import iter_shard, resolve_shards
-from pipeline.shards.worker import sanitise_keys
-from pipeline.shards.write import ShardConfig, ShardConfigMismatch, write_shards
+from pipeline.sharding.reader import ShardDataset
+from pipeline.sharding.samples import iter_shard, resolve_shards
+from pipeline.sharding.worker import sanitise_keys
+from pipeline.sharding.write import ShardConfig, ShardConfigMismatch, write_shards
 from tests.videos import make_video
 from tests.videos import read_index as frame_number
 

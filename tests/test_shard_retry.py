@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from pipeline.decode.video import decode_video
-from pipeline.shards.index import read_index
-from pipeline.shards.reader import ShardDataset
-from pipeline.shards.write import write_shards
+from pipeline.sharding.index import read_index
+from pipeline.sharding.reader import ShardDataset
+from pipeline.sharding.write import write_shards
 from tests.test_shard import (
     FRAMES,
     SIZE,

@@ -189,7 +189,7 @@ def test_setup_lists_videos_from_the_sidecar_without_opening_a_shard(train_data,
                                                                       caplog):
     from mof.train.distributed import DistInfo
     from mof.train.store_setup import scan_train_shards
-    from pipeline.shards.samples import resolve_shards
+    from pipeline.sharding.samples import resolve_shards
 
     one = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     intact, broken = tmp_path / "intact", tmp_path / "broken"
@@ -216,7 +216,7 @@ def test_setup_lists_videos_from_the_sidecar_without_opening_a_shard(train_data,
 def test_setup_names_the_keys_two_training_shards_share(train_data, tmp_path):
     from mof.train.distributed import DistInfo
     from mof.train.store_setup import scan_train_shards
-    from pipeline.shards.samples import resolve_shards
+    from pipeline.sharding.samples import resolve_shards
 
     one = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     again = tmp_path / "again"

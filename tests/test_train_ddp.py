@@ -32,7 +32,7 @@ from mof.train.phases import (
 )
 from pipeline.framestore.store import FrameStore
 from pipeline.sampling import uniform_subset
-from pipeline.shards.samples import resolve_shards
+from pipeline.sharding.samples import resolve_shards
 from tests.train_data import TRAIN_VIDEOS
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -24,7 +24,7 @@ from mof.train import train
 from mof.train.config import load_train_config
 from mof.train.data import anchor_positions
 from pipeline.framestore.store import FrameStore
-from pipeline.shards.samples import iter_shard, resolve_shards
+from pipeline.sharding.samples import iter_shard, resolve_shards
 from tests.train_data import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

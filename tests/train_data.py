@@ -17,7 +17,7 @@ TRAIN_VIDEOS = 12
 
 def make_train_data(base: Path) -> dict[str, str]:
     """Synthesise and shard the tiny dataset under ``base`` unless it is already there."""
-    from pipeline.shards.write import ShardConfig, write_shards
+    from pipeline.sharding.write import ShardConfig, write_shards
     from pipeline.synth.dataset import SynthConfig, generate_synthetic
 
     paths = {split: str(base / split) for split in ("train", "test")}

@@ -200,7 +200,7 @@ def run_frames(run_dir: Path | None) -> tuple[int | None, bool | None]:
 
 
 def _shard_captions(shards: list[str]) -> list[str]:
-    from pipeline.shards.samples import iter_shard
+    from pipeline.sharding.samples import iter_shard
 
     return [c for shard in shards for s in iter_shard(shard, decode=False)
             for c in s["meta"].get("captions", [])]
@@ -251,7 +251,7 @@ def evaluate_model(
 
     Args:
         model: the model, on the device to run on; its mode and attention are restored after.
-        shards: anything :func:`pipeline.shards.samples.resolve_shards` accepts.
+        shards: anything :func:`pipeline.sharding.samples.resolve_shards` accepts.
         frames: U, uniform frames per video (at most ``model.contract.max_frames``).
         batch_size: videos per batch; queries go four times as many per batch.
         convention: the headline convention (all are reported in ``by_convention``).
@@ -265,7 +265,7 @@ def evaluate_model(
             caption, no videos, or a NaN similarity (naming the query).
     """
     from pipeline.sampling import uniform_subset
-    from pipeline.shards.samples import resolve_shards
+    from pipeline.sharding.samples import resolve_shards
 
     if not 1 <= frames <= model.contract.max_frames:
         raise ValueError(f"--frames {frames}: the model takes 1..{model.contract.max_frames}")
@@ -320,7 +320,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         ValueError: see :func:`evaluate_model`; ``--model`` differing from the checkpoint's.
     """
     from pipeline.atomic import atomic_write_bytes, atomic_write_json
-    from pipeline.shards.samples import resolve_shards
+    from pipeline.sharding.samples import resolve_shards
 
     shards = resolve_shards(config.shards)
     model, source = _build_model(config, shards)

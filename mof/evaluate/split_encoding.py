@@ -61,7 +61,7 @@ def sync(device: torch.device) -> None:
 
 def count_videos(shards: list[str]) -> int | None:
     """Videos in ``shards`` from their directories' ``index.json`` (for the progress bar)."""
-    from pipeline.shards.index import read_index
+    from pipeline.sharding.index import read_index
 
     counts: dict[str, int] = {}
     for parent in {str(Path(s).parent) for s in shards}:
@@ -154,7 +154,7 @@ def _checked(samples: Iterable[ShardSample], captions: list[list[str]],
 
 def encode_videos(model, shards, frames, batch_size, progress):
     """Encode every video: embeddings ``(V, D)`` float32, captions per video, and stats."""
-    from pipeline.shards.reader import ShardDataset
+    from pipeline.sharding.reader import ShardDataset
 
     captions: list[list[str]] = []
     stats: dict[str, Any] = {"stored": set(), "datasets": set(), "splits": set()}

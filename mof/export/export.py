@@ -48,7 +48,7 @@ from pipeline.atomic import atomic_write_bytes, atomic_write_json
 from pipeline.framestore.format import FrameRows
 from pipeline.framestore.store import FrameStore
 from pipeline.sampling import uniform_subset
-from pipeline.shards.samples import decode_sample, read_shard_samples, resolve_shards
+from pipeline.sharding.samples import decode_sample, read_shard_samples, resolve_shards
 
 __all__ = ["DEFAULT_NUM", "ExportConfig", "export_frames", "format_summary"]
 

@@ -52,7 +52,7 @@ def _initial_frames(run: Path, keys: set[str] | None = None):
     from mof.frames import to_model_input
     from mof.models.io import load_model
     from pipeline.sampling import uniform_subset
-    from pipeline.shards.reader import ShardDataset
+    from pipeline.sharding.reader import ShardDataset
 
     cfg = _run_config(run)
     contract = load_model(run / "checkpoints" / "last").contract

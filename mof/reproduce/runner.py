@@ -139,7 +139,7 @@ def shard_paths(cfg: Table4Config) -> ShardPaths:
 
 def _write_split(cfg: Table4Config, root: str, split: str, out: Path, frames: int,
                  size: int) -> None:
-    from pipeline.shards.write import ShardConfig, write_shards
+    from pipeline.sharding.write import ShardConfig, write_shards
 
     summary = write_shards(ShardConfig(
         dataset=cfg.dataset, root=root, split=split, out=str(out), frames=frames, size=size,

@@ -124,7 +124,7 @@ def _existing_manifest(config: IndexConfig, out: Path) -> dict[str, Any]:
 
 def _shard_root(shard: Path) -> str | None:
     """The dataset root recorded in the shard directory's ``index.json`` (absolute)."""
-    from pipeline.shards.index import read_index
+    from pipeline.sharding.index import read_index
 
     try:
         root = read_index(shard.parent)["config"]["root"]
@@ -160,7 +160,7 @@ def _encode_chunk(model, shard: Path, manifest: dict[str, Any], out: Path, name:
     """Encode one shard into chunk ``name``'s files; return (videos, model seconds)."""
     from mof.evaluate.split_encoding import encode_video_batches
     from pipeline.sampling import uniform_subset
-    from pipeline.shards.samples import iter_shard
+    from pipeline.sharding.samples import iter_shard
 
     root = _shard_root(shard)
     if root is not None and root not in manifest["roots"]:
@@ -233,7 +233,7 @@ def build_index(config: IndexConfig) -> IndexSummary:
 
     from mof.evaluate.split_encoding import count_videos, eval_mode, resolve_device
     from mof.models.io import load_model
-    from pipeline.shards.samples import resolve_shards
+    from pipeline.sharding.samples import resolve_shards
 
     start = time.perf_counter()
     out = Path(config.out)

@@ -20,7 +20,7 @@ from mof.frames import to_model_input
 from mof.models.contract import InputContract, RetrievalModel
 from mof.train.augment import VideoAugment, apply_augment, draw_augment
 from pipeline.sampling import uniform_subset
-from pipeline.shards.reader import ShardDataset
+from pipeline.sharding.reader import ShardDataset
 
 __all__ = [
     "PhaseDraw",
@@ -63,7 +63,7 @@ class TrainStream:
     """Batches of this rank's shards, in a deterministic order per ``(seed, epoch)``.
 
     Args:
-        shards: shard paths (from ``pipeline.shards.samples.resolve_shards``).
+        shards: shard paths (from ``pipeline.sharding.samples.resolve_shards``).
         batch_size: videos per batch on this rank.
         seed: shuffling seed.
         rank: this process's rank; ``world_size`` the number of processes.

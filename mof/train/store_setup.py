@@ -31,8 +31,8 @@ from mof.train.data import anchor_positions
 from mof.train.distributed import DistInfo, all_gather_objects, barrier
 from pipeline.framestore.store import FrameStore
 from pipeline.sampling import uniform_subset
-from pipeline.shards.index import read_listed_samples
-from pipeline.shards.reader import ShardDataset, shards_for_worker
+from pipeline.sharding.index import read_listed_samples
+from pipeline.sharding.reader import ShardDataset, shards_for_worker
 
 __all__ = [
     "TrainIndex",

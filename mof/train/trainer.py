@@ -60,7 +60,7 @@ from mof.train.store_setup import (
 )
 from pipeline.framestore.format import FrameRows
 from pipeline.framestore.io import AsyncFrameIO, PendingRead
-from pipeline.shards.samples import resolve_shards
+from pipeline.sharding.samples import resolve_shards
 
 __all__ = ["Trainer"]
 

@@ -1,6 +1,6 @@
 """The shard directory's bookkeeping: file names, ``index.json`` and errors.
 
-A shard directory written by :func:`pipeline.shards.write.write_shards` holds
+A shard directory written by :func:`pipeline.sharding.write.write_shards` holds
 
 - ``<dataset>-<split>-%06d.tar``: the shards, each present only once complete;
 - ``<dataset>-<split>-%06d.errors.jsonl``: the error records of one shard, only when it had any;
@@ -308,7 +308,7 @@ def read_listed_samples(shards: list[str]) -> tuple[ListedSamples | None, str]:
     """The samples of ``shards`` from their directories' sidecars, opening no shard.
 
     Args:
-        shards: shard paths (as :func:`pipeline.shards.samples.resolve_shards` returns them).
+        shards: shard paths (as :func:`pipeline.sharding.samples.resolve_shards` returns them).
 
     Returns:
         ``(listed, "")``, or ``(None, reason)`` when some shard's directory has no usable

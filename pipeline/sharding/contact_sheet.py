@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_write_bytes
-from pipeline.shards.index import ERRORS_NAME, read_errors
-from pipeline.shards.samples import iter_shard, resolve_shards
+from pipeline.sharding.index import ERRORS_NAME, read_errors
+from pipeline.sharding.samples import iter_shard, resolve_shards
 
 __all__ = [
     "CAPTION_HEIGHT",
@@ -38,7 +38,7 @@ class InspectConfig:
 
     Attributes:
         shards: a shard directory, pattern or file (see
-            :func:`pipeline.shards.samples.resolve_shards`).
+            :func:`pipeline.sharding.samples.resolve_shards`).
         sheet: where to write the contact-sheet PNG; ``None`` for none.
         samples: rows of the contact sheet (the first samples in shard order).
         max_frames: frames shown per row at most (evenly spaced when R is larger).
@@ -167,7 +167,7 @@ def inspect_shards(config: InspectConfig) -> InspectReport:
     ``config.samples`` are decoded for the sheet.
 
     Raises:
-        pipeline.shards.samples.ShardReadError: a shard or sample is corrupt.
+        pipeline.sharding.samples.ShardReadError: a shard or sample is corrupt.
     """
     paths = resolve_shards(config.shards)
     report = InspectReport(shards=len(paths), bytes=sum(Path(p).stat().st_size for p in paths))

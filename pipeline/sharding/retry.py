@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_write_bytes
-from pipeline.shards.index import errors_sidecar, read_errors
-from pipeline.shards.worker import ShardTask
+from pipeline.sharding.index import errors_sidecar, read_errors
+from pipeline.sharding.worker import ShardTask
 
 __all__ = ["current_errors", "reconcile_errors", "retry_shards", "retry_tasks", "shard_names"]
 
 
 def _prefix(plan: list[ShardTask]) -> str:
     """``<dataset>-<split>-``: the shard names' common part (see
-    :func:`pipeline.shards.index.shard_name`)."""
+    :func:`pipeline.sharding.index.shard_name`)."""
     return plan[0].name[: -len("000000.tar")]
 
 

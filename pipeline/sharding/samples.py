@@ -4,7 +4,7 @@ WebDataset's tar stages stream a shard's members and group them by key into raw 
 (``{"__key__", "__url__", "frames.npy", "json"}``). This module adds what is ours: shard
 sources (a shard directory read through its ``index.json``), the decoded
 :class:`~pipeline.datasets.records.ShardSample`, and errors that name the shard and the sample
-key (:class:`ShardReadError`). :mod:`pipeline.shards.reader` builds the training pipeline on
+key (:class:`ShardReadError`). :mod:`pipeline.sharding.reader` builds the training pipeline on
 these stages; ``mof-cli inspect`` and ``mof-cli export-frames`` use them directly.
 """
 
@@ -25,7 +25,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pipeline.datasets.records import ShardSample
 from pipeline.errors import MofError
-from pipeline.shards.index import read_index
+from pipeline.sharding.index import read_index
 
 __all__ = [
     "ShardReadError",

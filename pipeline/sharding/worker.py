@@ -26,7 +26,7 @@ import webdataset as wds
 
 from pipeline.atomic import atomic_path, atomic_write_bytes
 from pipeline.datasets.records import SHARD_FORMAT_VERSION, VideoRecord
-from pipeline.shards.index import errors_sidecar, shard_name
+from pipeline.sharding.index import errors_sidecar, shard_name
 
 __all__ = [
     "ShardResult",

@@ -3,7 +3,7 @@
 :class:`ShardDataset` is a torch ``IterableDataset`` over the tar shards written by
 ``mof-cli shard``. Each pass builds a WebDataset pipeline (``wds.DataPipeline``): the epoch's
 shard list, a split by rank, WebDataset's split by DataLoader worker, tar streaming and grouping
-by key (:func:`~pipeline.shards.samples.read_shard_samples`), WebDataset's shuffle buffer and
+by key (:func:`~pipeline.sharding.samples.read_shard_samples`), WebDataset's shuffle buffer and
 decoding into :class:`~pipeline.datasets.records.ShardSample` dicts. Work is split at shard
 granularity:
 
@@ -44,7 +44,7 @@ import torch
 import webdataset as wds
 
 from pipeline.datasets.records import ShardSample
-from pipeline.shards.samples import decode_samples, read_shard_samples, resolve_shards
+from pipeline.sharding.samples import decode_samples, read_shard_samples, resolve_shards
 
 __all__ = ["ShardDataset", "shards_for_worker", "split_by_rank"]
 

@@ -4,7 +4,7 @@ The run is a deterministic plan (records sorted by video id, video ``k`` in shar
 ``k // shard_size``; on ``N`` nodes, node ``r`` owns the shards whose number is ``r`` modulo
 ``N``). Workers write whole shards, each committed atomically, so a run killed at any moment
 resumes by writing exactly the shards that are missing. ``index.json`` is written last.
-``--retry-failed`` re-attempts the videos of ``errors.jsonl`` (see :mod:`pipeline.shards.retry`).
+``--retry-failed`` re-attempts the videos of ``errors.jsonl`` (see :mod:`pipeline.sharding.retry`).
 SIGINT and SIGTERM stop the run with :class:`ShardInterrupted`, whose message says how to resume.
 """
 
@@ -29,7 +29,7 @@ from pipeline.atomic import TEMP_SUFFIX, atomic_write_json, temporaries
 from pipeline.datasets.records import SHARD_FORMAT_VERSION
 from pipeline.errors import MofError
 from pipeline.interrupt import ShardInterrupted, Terminated, terminate_as_interrupt
-from pipeline.shards.index import (
+from pipeline.sharding.index import (
     INDEX_NAME,
     RUN_CONFIG_NAME,
     SAMPLES_NAME,
@@ -42,8 +42,8 @@ from pipeline.shards.index import (
     write_errors,
     write_index,
 )
-from pipeline.shards.retry import reconcile_errors, retry_shards, shard_names
-from pipeline.shards.worker import (
+from pipeline.sharding.retry import reconcile_errors, retry_shards, shard_names
+from pipeline.sharding.worker import (
     ShardResult,
     ShardTask,
     WorkerSettings,
