@@ -18,6 +18,7 @@ failing cell is recorded (``error.txt``) and the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,7 +26,7 @@ import platform
 import shutil
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -51,6 +52,7 @@ __all__ = [
     "run_cell",
     "run_grid",
     "shard_paths",
+    "torch_threads",
 ]
 
 #: Train settings that may differ between a finished cell and a new request (they change
@@ -311,6 +313,19 @@ def run_cell(cfg: Table4Config, cell: Cell, seed: int, shards: ShardPaths) -> Ce
     return CellOutcome(cell.frames, seed, status, time.time() - start)
 
 
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Train with ``count`` torch threads inside the block; the process gets its own back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _run_cell_safely(cfg_dict: dict[str, Any], frames: str, seed: int,
                      shards: ShardPaths, threads: int) -> CellOutcome:
     """Worker entry point: one torch thread budget per job; errors come back as values."""
@@ -346,16 +361,11 @@ def run_grid(cfg: Table4Config, shards: ShardPaths,
              for cell in sorted(cfg.cells, key=_cost, reverse=True)]
     outcomes: list[CellOutcome] = []
     if cfg.jobs == 1:
-        import torch
-
-        before = torch.get_num_threads()  # the cells run here: the caller gets its count back
-        try:
+        with torch_threads(cfg.threads):  # the cells run in this process
             for frames, seed in tasks:
                 outcomes.append(_run_cell_safely(cfg_dict, frames, seed, shards, cfg.threads))
                 if on_done:
                     on_done(outcomes[-1])
-        finally:
-            torch.set_num_threads(before)
         return outcomes
     with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_run_cell_safely, cfg_dict, frames, seed, shards, cfg.threads)

@@ -65,10 +65,8 @@ def run_warm_start(cfg: Table4Config, shards: ShardPaths) -> dict[str, Any] | No
     """
     if not cfg.resolved_warm_start_epochs:
         return None
-    import torch
-
     from mof.evaluate.evaluate import EvalConfig, evaluate
-    from mof.reproduce.runner import _check_same, _write_json, resume_or_restart
+    from mof.reproduce.runner import _check_same, _write_json, resume_or_restart, torch_threads
     from mof.train import train as train_run
 
     where = warm_start_dir(cfg)
@@ -85,12 +83,9 @@ def run_warm_start(cfg: Table4Config, shards: ShardPaths) -> dict[str, Any] | No
     # A CPU run's numbers depend on its thread count (the order of float sums), so the warm
     # start takes a count fixed by the settings, not by the machine or OMP_NUM_THREADS: every
     # core the grid's jobs will use.
-    threads, before = cfg.jobs * cfg.threads, torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    threads = cfg.jobs * cfg.threads
+    with torch_threads(threads):
         train_run(resumable, progress=cfg.progress)
-    finally:
-        torch.set_num_threads(before)
     report = evaluate(EvalConfig(shards=shards.test, checkpoint=str(run / "checkpoints" / "last"),
                                  out=str(where), frames=cfg.warm_start_frames,
                                  device=cfg.device, progress=False))
