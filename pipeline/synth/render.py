@@ -105,10 +105,15 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int, crf: int) -> int:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        # One encoder thread keeps the output bit-exact and leaves the cores to the workers.
+        # One encoder thread (x264's threads split the frame differently run to run) leaves the
+        # cores to the workers.
         stream.codec_context.thread_count = 1
         stream.codec_context.gop_size = fps  # a keyframe per second: cheap seeks for readers
-        stream.codec_context.options = {"crf": str(crf), "preset": "medium"}
+        # x264's macroblock-tree rate control gives different bits for the same pixels depending
+        # on where the input lies in memory (measured: 48 byte offsets, 2 different files);
+        # without it the file depends on the pixels alone, so a dataset is the same on every run.
+        stream.codec_context.options = {"crf": str(crf), "preset": "medium",
+                                        "x264-params": "mbtree=0"}
         for rgb in frames:
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             container.mux(stream.encode(frame))
