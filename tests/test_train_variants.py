@@ -4,6 +4,7 @@ uninterrupted one, and ``export-frames`` draws each frame's mixing weights."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -20,10 +21,12 @@ from safetensors.torch import load_file
 from mof.export.export import ExportConfig, export_frames
 from mof.export.render import mix_strips
 from mof.frame_mix import mix_frames
+from mof.reproduce.diagnose import mix_drift
 from mof.train import train
 from mof.train.config import load_train_config
 from mof.train.data import anchor_positions
 from pipeline.framestore.store import FrameStore
+from pipeline.sampling import uniform_subset
 from pipeline.sharding.samples import iter_shard, resolve_shards
 from tests.train_data import tiny_config
 
@@ -103,6 +106,23 @@ def test_mix_rows_are_their_anchors_mix_and_export_draws_the_weights(
     # frames = mix + residual: the residual moved by at most 4 Adam steps of frame_lr each.
     residual = torch.from_numpy(rows.frames) - mix_frames(logits, None, anchors[None])
     assert residual.abs().max().item() <= 4 * config.frame_lr * 1.01
+
+    # The diagnosis, against a hand computation: each learned frame starts with weight
+    # e^peak / (e^peak + R - 1) on the regular frame nearest its uniform position.
+    drift = mix_drift(uninterrupted)
+    regular, used = config.regular_frames, config.num_frames
+    nearest = [min(range(regular), key=lambda r, p=p: abs(anchors_at[r] - p))
+               for anchors_at in [anchor_positions(len(stored), regular)]
+               for p in uniform_subset(len(stored), used)]
+    peak = math.exp(config.mix_init_logit)
+    w0 = np.full((used, regular), 1 / (peak + regular - 1))
+    w0[np.arange(used), nearest] = peak / (peak + regular - 1)
+    every = store.read(np.arange(store.num_videos), fields=("frames", "mix_logits"))
+    w = torch.softmax(torch.from_numpy(every.mix_logits).double(), -1).numpy()
+    assert drift["start_weight"] == pytest.approx(w0.max())
+    assert drift["end_weight"] == pytest.approx(w[:, np.arange(used), nearest].mean())
+    assert drift["tv"] == pytest.approx(0.5 * np.abs(w - w0).sum(-1).mean())
+    assert drift["tv"] > 0.01 and drift["argmax_moved"] == (w.argmax(-1) != nearest).mean()
 
     summary = export_frames(ExportConfig(run=str(uninterrupted), out=str(tmp_path / "x"),
                                          ids=[key], progress=False))

@@ -2,6 +2,8 @@
 
 * :func:`frame_drift`: how far the learned frames ε of a MOF run moved from their start (the
   U uniform frames), against the bound β × (Adam steps per video) of sign-like Adam steps.
+* :func:`mix_drift`: for a ``mix`` run, how far the mixing weights moved from their peaked start
+  (did the learned frames come to draw on other regular frames than the uniform ones?).
 * :func:`meta_gradient_probe`: on the trained model and real batches, the exact meta-gradient's
   per-element size (against Adam's ε = 1e-8), and the outer objective
   f(ε) = L_c(Θ − α∇_Θ L_c(Θ; ε); V^R) after one Adam-like step of ε down and up the
@@ -33,11 +35,12 @@ import numpy as np
 import torch
 import yaml
 
+from mof.frame_mix import initial_mix_logits
 from mof.reproduce.config import Table4Config
 from mof.reproduce.grid import Cell, equal_cost_baseline
 from mof.reproduce.paths import cell_dir
 
-__all__ = ["collapsed_runs", "diagnose", "frame_drift", "meta_gradient_probe",
+__all__ = ["collapsed_runs", "diagnose", "frame_drift", "meta_gradient_probe", "mix_drift",
            "more_frames_at_training", "training_fit"]
 
 _BETAS = (8e-4, 1e-2, 5e-2)
@@ -84,6 +87,43 @@ def frame_drift(run: Path) -> dict[str, float]:
     return {"mean_abs": total / count, "max_abs": peak, "mean_levels": levels / count,
             "steps_per_video": float(np.mean(steps)), "beta": beta,
             "bound": beta * max(steps)}
+
+
+def mix_drift(run: Path) -> dict[str, float] | None:
+    """A ``mix`` run's mixing weights w = softmax(z) ``(N, U, R)`` against their start w0.
+
+    Returns ``None`` for a ``pixels`` run, else: ``tv``, the mean and ``tv_max`` the largest
+    total-variation distance ½‖w − w0‖₁ of a learned frame (0: the same mix, 1: all its weight
+    on other regular frames); ``argmax_moved``, the share of learned frames whose heaviest regular
+    frame is no longer the one they started at; ``start_weight`` and ``end_weight``, the mean
+    weight of that starting frame before and after training.
+    """
+    from mof.train.data import anchor_positions
+    from pipeline.framestore.store import FrameStore
+    from pipeline.sampling import uniform_subset
+    from pipeline.sharding.reader import ShardDataset
+
+    cfg = _run_config(run)
+    if cfg.get("frame_param", "pixels") != "mix":
+        return None
+    store = FrameStore.open(run / "mof.zarr")
+    rows = np.arange(store.num_videos)
+    # In slices: a read always brings the frames along (≈0.2 MB a video at 4 × 64 px).
+    logits = np.concatenate([store.read(part, fields=("frames", "mix_logits")).mix_logits
+                             for part in np.array_split(rows, max(1, len(rows) // 256))])
+    used, regular = logits.shape[1:]
+    # Every video of a shard set stores the same number of frames.
+    stored = len(next(iter(ShardDataset(cfg["train"], shuffle=0, rank=0, world_size=1)))["frames"])
+    start = initial_mix_logits(uniform_subset(stored, used), anchor_positions(stored, regular),
+                               float(cfg["mix_init_logit"]))
+    w = torch.softmax(torch.from_numpy(logits).double(), -1).numpy()
+    w0 = torch.softmax(torch.from_numpy(start).double(), -1).numpy()[None]
+    tv = 0.5 * np.abs(w - w0).sum(-1)
+    first = np.broadcast_to(w0.argmax(-1), w.shape[:2])
+    at_first = np.take_along_axis(w, first[..., None], -1)[..., 0]
+    return {"tv": float(tv.mean()), "tv_max": float(tv.max()),
+            "argmax_moved": float((w.argmax(-1) != first).mean()),
+            "start_weight": float(w0.max()), "end_weight": float(at_first.mean())}
 
 
 def _batch(run: Path, size: int, device: torch.device):
@@ -299,6 +339,16 @@ def diagnose(cfg: Table4Config, shards_test: str) -> str:
                          f"{d['mean_levels']:.3g} |")
             if seed == 0:
                 probes.append((cell, meta_gradient_probe(run)))
+    mixes = [(cell, seed, mix_drift(cell_dir(cfg, cell, seed) / "run"))
+             for cell in cfg.cells if cell.is_mof for seed in cfg.seed_list()
+             if (cell_dir(cfg, cell, seed) / "cell.json").is_file()]
+    if any(m for _, _, m in mixes):
+        lines += ["", "## Mixing weights (`mix`): distance from their peaked start", "",
+                  "| cell | seed | mean / max TV distance | heaviest frame moved | weight of the "
+                  "start frame, before → after |", "|---|---|---|---|---|"]
+        lines += [f"| {cell.label} | {seed} | {m['tv']:.3f} / {m['tv_max']:.3f} | "
+                  f"{m['argmax_moved']:.1%} | {m['start_weight']:.3f} → {m['end_weight']:.3f} |"
+                  for cell, seed, m in mixes if m]
     lines += ["", "## Meta-gradient on the trained model (seed 0, first 16 training videos)", "",
               "| cell | α | inner step / AdamW step | outer loss | RMS | max | share < 1e-8 | "
               "Δf down / up, β=" + " / ".join(f"{b:g}" for b in _BETAS) +
