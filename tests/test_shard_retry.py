@@ -128,6 +128,9 @@ def _run_until(command: list[str], ready, sig: int) -> subprocess.CompletedProce
     while time.monotonic() < deadline and proc.poll() is None and not ready():
         time.sleep(0.005)
     children = _children(proc.pid)
+    # A starved test process can see ready() only after the run has ended: say so, rather
+    # than report a signal sent to a finished process as a lost one.
+    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before the signal"
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     deadline = time.monotonic() + 5
