@@ -187,6 +187,22 @@ def test_mof_with_r_equal_u_is_compared_with_its_one_baseline_once():
                      ("8:4", "8", "all R frames")]
 
 
+def test_difference_is_over_the_seeds_both_cells_have():
+    from mof.reproduce.aggregate import SeedResult, compare_cells
+
+    metrics = {"R@1": 0.0, "R@5": 30.0, "R@10": 40.0, "MedR": 9.0, "MeanR": 20.0, "loss": 3.0}
+    base = [SeedResult(Cell(8), s, {**metrics, "R@1": r1}, 1.0, 1.0)
+            for s, r1 in enumerate([20.0, 22.0, 24.0, 30.0, 34.0])]
+    mof = [SeedResult(Cell(8, 8), s, {**metrics, "R@1": r1}, 1.0, 1.0)
+           for s, r1 in enumerate([19.0, 20.0, 21.0])]
+    found = compare_cells(base + mof, Cell(8, 8), Cell(8), "equal test cost", "R@1")
+    assert [d for _, d in found.paired] == [-1.0, -2.0, -3.0]
+    assert found.delta == pytest.approx(-2.0)  # not 20.0 - 26.0
+    assert found.seeds_ci.mean == pytest.approx(found.delta)
+    alone = compare_cells(base[3:] + mof, Cell(8, 8), Cell(8), "equal test cost", "R@1")
+    assert alone.paired == [] and alone.delta == pytest.approx(20.0 - 32.0)
+
+
 def test_mean_std_verdicts():
     stat = mean_std([10.0, 12.0, 14.0])
     assert (stat.mean, stat.std, stat.n) == (12.0, 2.0, 3)

@@ -210,15 +210,21 @@ def _verdict(interval: Interval | None, lower_is_better: bool) -> str:
 
 def compare_cells(results: list[SeedResult], cell: Cell, base: Cell, kind: str,
                   metric: str) -> Comparison | None:
-    """``cell`` against ``base`` on ``metric``, paired by seed (``None``: a side is missing)."""
+    """``cell`` against ``base`` on ``metric``, paired by seed (``None``: a side is missing).
+
+    Only the seeds both cells have enter the difference and its intervals.
+    """
     mine = {r.seed: r for r in results if r.cell == cell}
     theirs = {r.seed: r for r in results if r.cell == base}
     if not mine or not theirs:
         return None
-    delta = (sum(r.metrics[metric] for r in mine.values()) / len(mine)
-             - sum(r.metrics[metric] for r in theirs.values()) / len(theirs))
     seeds = sorted(set(mine) & set(theirs))
     paired = [(s, mine[s].metrics[metric] - theirs[s].metrics[metric]) for s in seeds]
+    # The mean over the shared seeds, the difference the intervals are about; a baseline with
+    # more seeds than its MOF cell (5 against 3) must not move it. No shared seed: the means.
+    delta = (sum(d for _, d in paired) / len(paired) if paired else
+             sum(r.metrics[metric] for r in mine.values()) / len(mine)
+             - sum(r.metrics[metric] for r in theirs.values()) / len(theirs))
     seeds_ci = t_interval([d for _, d in paired])
     queries_ci = None
     if seeds and metric != "MedR" and all(
