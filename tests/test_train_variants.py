@@ -111,8 +111,8 @@ def test_mix_rows_are_their_anchors_mix_and_export_draws_the_weights(
     # e^peak / (e^peak + R - 1) on the regular frame nearest its uniform position.
     drift = mix_drift(uninterrupted)
     regular, used = config.regular_frames, config.num_frames
-    nearest = [min(range(regular), key=lambda r, p=p: abs(anchors_at[r] - p))
-               for anchors_at in [anchor_positions(len(stored), regular)]
+    at = anchor_positions(len(stored), regular)
+    nearest = [min(range(regular), key=lambda r, p=p: abs(at[r] - p))
                for p in uniform_subset(len(stored), used)]
     peak = math.exp(config.mix_init_logit)
     w0 = np.full((used, regular), 1 / (peak + regular - 1))
